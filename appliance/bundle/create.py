@@ -1,0 +1,164 @@
+"""Connected side: build a bundle directory from a recipe."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from appliance.bundle.format import (
+    BUNDLE_MANIFEST,
+    EMPTY_CONFIG,
+    FILE_ARTIFACT,
+    FORMAT_VERSION,
+    KIND,
+    MODEL_ARTIFACT,
+    MODEL_CONFIG,
+    MODEL_LAYER,
+    OCI_MANIFEST,
+    REF_NAME,
+    TITLE,
+    BundleEntry,
+    BundleFile,
+    BundleManifest,
+    Descriptor,
+    ModelConfig,
+    OciIndex,
+    OciManifest,
+    blob_path,
+)
+from appliance.bundle.recipe import Recipe, resolve_source
+from appliance.kernel.errors import BadRequest
+from appliance.models.detect import detect
+
+CHUNK = 4 * 1024 * 1024
+Progress = Callable[[str, int], None]  # (what, bytes just done)
+
+
+class _Writer:
+    """Writes blobs into a layout under construction, once per digest."""
+
+    def __init__(self, root: Path, progress: Progress | None) -> None:
+        self.root = root
+        self.progress = progress
+        (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
+
+    def add_file(self, src: Path, label: str) -> tuple[str, int]:
+        tmp = self.root / "blobs" / ".tmp"
+        hasher = hashlib.sha256()
+        size = 0
+        with src.open("rb") as reader, tmp.open("wb") as writer:
+            while block := reader.read(CHUNK):
+                hasher.update(block)
+                writer.write(block)
+                size += len(block)
+                if self.progress:
+                    self.progress(label, len(block))
+        digest = "sha256:" + hasher.hexdigest()
+        os.replace(tmp, self.root / blob_path(digest))
+        return digest, size
+
+    def add_bytes(self, data: bytes) -> tuple[str, int]:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (self.root / blob_path(digest)).write_bytes(data)
+        return digest, len(data)
+
+
+def _artifact(writer: _Writer, *, artifact_type: str, config: bytes, config_type: str,
+              layers: list[Descriptor], ref: str, kind: str) -> Descriptor:
+    cdigest, csize = writer.add_bytes(config)
+    manifest = OciManifest(schemaVersion=2, mediaType=OCI_MANIFEST, artifactType=artifact_type,
+                           config=Descriptor(mediaType=config_type, digest=cdigest, size=csize),
+                           layers=layers)
+    mdigest, msize = writer.add_bytes(msgspec.json.encode(manifest))
+    return Descriptor(mediaType=OCI_MANIFEST, digest=mdigest, size=msize,
+                      artifactType=artifact_type, annotations={REF_NAME: ref, KIND: kind})
+
+
+def source_sizes(recipe: Recipe) -> tuple[dict[str, dict[str, Path]], int]:
+    """Resolve every source (downloads on the connected side) and add up the bytes."""
+    resolved: dict[str, dict[str, Path]] = {}
+    total = 0
+    for item in [*recipe.models, *recipe.files]:
+        files = resolve_source(item.source)
+        resolved[item.source] = files
+        total += sum(p.stat().st_size for p in files.values())
+    if recipe.images:
+        raise BadRequest("this version cannot put container images in a bundle yet")
+    return resolved, total
+
+
+def create_bundle(recipe: Recipe, out: Path, *, progress: Progress | None = None,
+                  resolved: dict[str, dict[str, Path]] | None = None) -> BundleManifest:
+    """Build the bundle in ``OUT.partial`` and rename it to ``out`` when complete."""
+    if out.exists() and any(out.iterdir()):
+        raise BadRequest(f"{out} exists and is not empty; choose a new --out directory")
+    resolved = resolved or source_sizes(recipe)[0]
+    work = out.with_name(out.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    writer = _Writer(work, progress)
+    descriptors: list[Descriptor] = []
+    contents: list[BundleEntry] = []
+    for model in recipe.models:
+        files = resolved[model.source]
+        fmt, task = detect(files, task=model.task)
+        version = model.version or recipe.version
+        layers = []
+        for rel, path in sorted(files.items()):
+            digest, size = writer.add_file(path, f"{model.name}/{rel}")
+            layers.append(Descriptor(mediaType=MODEL_LAYER, digest=digest, size=size,
+                                     annotations={TITLE: rel}))
+        config = msgspec.json.encode(ModelConfig(name=model.name, task=task, format=fmt,
+                                                 files=sorted(files), source=model.source))
+        desc = _artifact(writer, artifact_type=MODEL_ARTIFACT, config=config,
+                         config_type=MODEL_CONFIG, layers=layers,
+                         ref=f"{model.name}:{version}", kind="model")
+        descriptors.append(desc)
+        contents.append(BundleEntry(kind="model", name=model.name, version=version,
+                                    manifest=desc.digest))
+    for item in recipe.files:
+        files = resolved[item.source]
+        layers = []
+        for rel, path in sorted(files.items()):
+            digest, size = writer.add_file(path, f"{item.name}/{rel}")
+            layers.append(Descriptor(mediaType="application/octet-stream", digest=digest,
+                                     size=size, annotations={TITLE: rel}))
+        desc = _artifact(writer, artifact_type=FILE_ARTIFACT, config=b"{}",
+                         config_type=EMPTY_CONFIG, layers=layers,
+                         ref=f"{item.name}:{recipe.version}", kind="file")
+        descriptors.append(desc)
+        contents.append(BundleEntry(kind="file", name=item.name, version=recipe.version,
+                                    manifest=desc.digest))
+    (work / "oci-layout").write_bytes(b'{"imageLayoutVersion":"1.0.0"}')
+    (work / "index.json").write_bytes(msgspec.json.encode(
+        OciIndex(schemaVersion=2, manifests=descriptors)))
+    listed: list[BundleFile] = []
+    for path in sorted(work.rglob("*")):
+        if path.is_file():
+            rel = str(path.relative_to(work))
+            # a blob's name is its digest, already computed while writing it
+            sha = path.name if rel.startswith("blobs/sha256/") else _sha256(path)
+            listed.append(BundleFile(path=rel, size=path.stat().st_size, sha256=sha))
+    manifest = BundleManifest(
+        format=FORMAT_VERSION, name=recipe.name, version=recipe.version,
+        created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), contents=contents,
+        files=listed)
+    (work / BUNDLE_MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+    if out.exists():
+        out.rmdir()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(work, out)
+    return manifest
+
+
+def _sha256(path: Path) -> str:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            hasher.update(block)
+    return hasher.hexdigest()

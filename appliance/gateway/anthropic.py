@@ -1,0 +1,857 @@
+"""Translation between OpenAI Chat Completions and Anthropic's Messages API.
+
+Pure functions and one incremental stream translator: no sockets, no aiohttp, no clock. The
+gateway does the I/O; this module only reshapes bodies. Where a chat request asks for something
+the Messages API cannot express, `TranslationError` says so before anything is sent upstream.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Final
+
+import msgspec
+
+from appliance.kernel.errors import BadRequest, UpstreamError
+
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "DEFAULT_MAX_TOKENS",
+    "AnthropicProtocolError",
+    "StreamTranslator",
+    "TranslationError",
+    "anthropic_error_to_openai",
+    "chat_request_to_messages",
+    "messages_response_to_chat",
+]
+
+ANTHROPIC_VERSION: Final = "2023-06-01"
+DEFAULT_MAX_TOKENS: Final = 4096
+
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder()
+
+# Anthropic accepts exactly these image media types.
+_IMAGE_MEDIA_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+_DATA_URL: Final = re.compile(r"data:([^;,]+)((?:;[^;,]*)*?);base64,(.*)", re.DOTALL)
+
+_FINISH_REASONS: Final[dict[str, str]] = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "pause_turn": "stop",
+    "max_tokens": "length",
+    "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+# Anthropic error type -> (OpenAI error type, code); codes match appliance.kernel.errors.
+_ERROR_KINDS: Final[dict[str, tuple[str, str]]] = {
+    "invalid_request_error": ("invalid_request_error", "invalid_request"),
+    "authentication_error": ("server_error", "upstream_auth_error"),
+    "permission_error": ("server_error", "upstream_auth_error"),
+    "billing_error": ("server_error", "upstream_auth_error"),
+    "not_found_error": ("invalid_request_error", "not_found"),
+    "request_too_large": ("invalid_request_error", "payload_too_large"),
+    "rate_limit_error": ("requests", "rate_limit_exceeded"),
+    "api_error": ("server_error", "upstream_error"),
+    "overloaded_error": ("server_error", "service_unavailable"),
+    "timeout_error": ("server_error", "upstream_timeout"),
+}
+
+_DONE: Final = b"data: [DONE]\n\n"
+# An SSE line longer than this is not an Anthropic event; refuse to buffer without bound.
+_MAX_LINE: Final = 16 * 1024 * 1024
+
+
+class TranslationError(BadRequest):
+    """A chat request that the Messages API cannot express; a 400 for the client."""
+
+    code = "unsupported_parameter"
+
+
+class AnthropicProtocolError(UpstreamError, ValueError):
+    """Anthropic answered with a body that is not a Messages API response; a 502."""
+
+    code = "upstream_protocol_error"
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def chat_request_to_messages(body: dict[str, Any], *, upstream_model: str) -> dict[str, Any]:
+    """Translate an OpenAI chat completion request into an Anthropic ``/v1/messages`` body.
+
+    Ignored because they change nothing the client can observe or have no Anthropic
+    counterpart that matters here: ``model`` (replaced by ``upstream_model``), ``seed``,
+    ``store``, ``metadata``, ``service_tier``, ``stream_options`` (the gateway reads
+    ``include_usage`` itself), ``reasoning_effort``, ``prediction``. Parameters whose
+    non-default values would change the answer and cannot be honoured raise `TranslationError`.
+    """
+    if not isinstance(body, dict):
+        raise TranslationError("the request body must be a JSON object")
+    _reject_unsupported(body)
+    system, messages = _translate_messages(body.get("messages"))
+
+    out: dict[str, Any] = {"model": upstream_model, "max_tokens": _max_tokens(body)}
+    if system:
+        out["system"] = "\n\n".join(system)
+    out["messages"] = messages
+
+    temperature = _unit_number(body, "temperature")
+    if temperature is not None:
+        out["temperature"] = temperature
+    top_p = _unit_number(body, "top_p")
+    if top_p is not None:
+        out["top_p"] = top_p
+    stop = _stop_sequences(body.get("stop"))
+    if stop:
+        out["stop_sequences"] = stop
+
+    stream = body.get("stream")
+    if stream is not None:
+        if not isinstance(stream, bool):
+            raise TranslationError("`stream` must be a boolean", param="stream")
+        out["stream"] = stream
+
+    user = body.get("user")
+    if user is not None:
+        if not isinstance(user, str):
+            raise TranslationError("`user` must be a string", param="user")
+        if user:
+            out["metadata"] = {"user_id": user}
+
+    tools = body.get("tools")
+    if tools is not None:
+        translated = _tools(tools)
+        if translated:
+            out["tools"] = translated
+    choice = _tool_choice(
+        body.get("tool_choice"),
+        has_tools="tools" in out,
+        parallel=body.get("parallel_tool_calls"),
+    )
+    if choice is not None:
+        out["tool_choice"] = choice
+    return out
+
+
+def _reject_unsupported(body: dict[str, Any]) -> None:
+    n = body.get("n")
+    if n is not None and n != 1:
+        raise TranslationError("Anthropic models return one choice; `n` must be 1", param="n")
+    if body.get("logprobs"):
+        raise TranslationError("Anthropic models do not return log probabilities", param="logprobs")
+    if body.get("top_logprobs"):
+        raise TranslationError(
+            "Anthropic models do not return log probabilities", param="top_logprobs"
+        )
+    for name in ("presence_penalty", "frequency_penalty"):
+        if body.get(name):
+            raise TranslationError(f"Anthropic models do not support `{name}`", param=name)
+    if body.get("logit_bias"):
+        raise TranslationError("Anthropic models do not support `logit_bias`", param="logit_bias")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise TranslationError(
+            "only `response_format` {'type': 'text'} can be sent to an Anthropic model",
+            param="response_format",
+        )
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise TranslationError("Anthropic models only answer in text", param="modalities")
+    if body.get("audio") is not None:
+        raise TranslationError("Anthropic models do not produce audio", param="audio")
+    for name in ("functions", "function_call"):
+        if body.get(name) is not None:
+            raise TranslationError(
+                f"`{name}` is deprecated and not translated; use `tools`", param=name
+            )
+
+
+def _max_tokens(body: dict[str, Any]) -> int:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TranslationError(f"`{name}` must be a positive integer", param=name)
+        return value
+    return DEFAULT_MAX_TOKENS
+
+
+def _unit_number(body: dict[str, Any], name: str) -> float | int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TranslationError(f"`{name}` must be a number", param=name)
+    # OpenAI allows temperature up to 2; Anthropic's range is [0, 1], and silently clamping
+    # would hand the client an answer sampled differently from the one it asked for.
+    if not 0 <= value <= 1:
+        raise TranslationError(
+            f"`{name}` must be between 0 and 1 for Anthropic models, got {value}", param=name
+        )
+    return value
+
+
+def _stop_sequences(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise TranslationError("`stop` must be a string or an array of strings", param="stop")
+    return [s for s in stop if s]
+
+
+def _translate_messages(raw: Any) -> tuple[list[str], list[dict[str, Any]]]:
+    if not isinstance(raw, list) or not raw:
+        raise TranslationError("`messages` must be a non-empty array", param="messages")
+    system: list[str] = []
+    out: list[dict[str, Any]] = []
+    for i, message in enumerate(raw):
+        path = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise TranslationError(f"`{path}` must be an object", param=path)
+        role = message.get("role")
+        blocks: list[dict[str, Any]]
+        if role in ("system", "developer"):
+            # Anthropic has one top-level system prompt; every system message contributes.
+            text = _plain_text(message.get("content"), f"{path}.content")
+            if text:
+                system.append(text)
+            continue
+        if role == "user":
+            blocks = _user_blocks(message.get("content"), f"{path}.content")
+        elif role == "assistant":
+            blocks = _assistant_blocks(message, path)
+        elif role == "tool":
+            role = "user"
+            blocks = [_tool_result(message, path)]
+        else:
+            raise TranslationError(
+                f"`{path}.role` {role!r} cannot be sent to an Anthropic model", param=f"{path}.role"
+            )
+        if not blocks:
+            if role == "assistant":
+                continue  # an empty assistant turn carries nothing
+            raise TranslationError(f"`{path}.content` must not be empty", param=f"{path}.content")
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    if not out:
+        raise TranslationError(
+            "`messages` must hold at least one user or assistant message", param="messages"
+        )
+    for message in out:
+        blocks = message["content"]
+        if message["role"] == "user":
+            # Anthropic wants tool results first in a user turn; the sort is stable.
+            blocks.sort(key=lambda block: block["type"] != "tool_result")
+        if len(blocks) == 1 and blocks[0]["type"] == "text":
+            message["content"] = blocks[0]["text"]
+    return system, out
+
+
+def _plain_text(content: Any, path: str) -> str:
+    """Text of a system/tool message: a string or an array of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts: list[str] = []
+        for j, part in enumerate(content):
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise TranslationError(
+                    f"`{path}[{j}]` must be a text part", param=f"{path}[{j}]"
+                )
+            texts.append(_string(part.get("text"), f"{path}[{j}].text"))
+        return "\n".join(t for t in texts if t)
+    raise TranslationError(f"`{path}` must be a string or an array of parts", param=path)
+
+
+def _user_blocks(content: Any, path: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise TranslationError(f"`{path}` must be a string or an array of parts", param=path)
+    blocks: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        part_path = f"{path}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            text = _string(part.get("text"), f"{part_path}.text")
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_image_block(part.get("image_url"), f"{part_path}.image_url"))
+        else:
+            raise TranslationError(
+                f"`{part_path}` of type {kind!r} cannot be sent to an Anthropic model",
+                param=part_path,
+            )
+    return blocks
+
+
+def _image_block(image: Any, path: str) -> dict[str, Any]:
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise TranslationError(f"`{path}.url` must be a string", param=f"{path}.url")
+    if url.startswith(("https://", "http://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        raise TranslationError(
+            f"`{path}.url` must be an http(s) URL or a base64 data: URL", param=f"{path}.url"
+        )
+    media_type = match.group(1).strip().lower()
+    if media_type == "image/jpg":
+        media_type = "image/jpeg"
+    if media_type not in _IMAGE_MEDIA_TYPES:
+        raise TranslationError(
+            f"`{path}.url` has media type {media_type!r}; Anthropic accepts "
+            + ", ".join(sorted(_IMAGE_MEDIA_TYPES)),
+            param=f"{path}.url",
+        )
+    return {
+        "type": "image",
+        "source": {"type": "base64", "media_type": media_type, "data": match.group(3)},
+    }
+
+
+def _assistant_blocks(message: dict[str, Any], path: str) -> list[dict[str, Any]]:
+    if message.get("function_call") is not None:
+        raise TranslationError(
+            f"`{path}.function_call` is deprecated and not translated; use `tool_calls`",
+            param=f"{path}.function_call",
+        )
+    blocks: list[dict[str, Any]] = []
+    content = message.get("content")
+    if isinstance(content, list):
+        for j, part in enumerate(content):
+            kind = part.get("type") if isinstance(part, dict) else None
+            key = kind if kind in ("text", "refusal") else None
+            if key is None:
+                raise TranslationError(
+                    f"`{path}.content[{j}]` must be a text or refusal part",
+                    param=f"{path}.content[{j}]",
+                )
+            text = _string(part.get(key), f"{path}.content[{j}].{key}")
+            if text:
+                blocks.append({"type": "text", "text": text})
+    elif content is not None:
+        text = _string(content, f"{path}.content")
+        if text:
+            blocks.append({"type": "text", "text": text})
+
+    tool_calls = message.get("tool_calls")
+    if tool_calls is None:
+        return blocks
+    if not isinstance(tool_calls, list):
+        raise TranslationError(f"`{path}.tool_calls` must be an array", param=f"{path}.tool_calls")
+    for j, call in enumerate(tool_calls):
+        call_path = f"{path}.tool_calls[{j}]"
+        if not isinstance(call, dict) or call.get("type", "function") != "function":
+            raise TranslationError(f"`{call_path}` must be a function call", param=call_path)
+        function = call.get("function")
+        if not isinstance(function, dict):
+            raise TranslationError(
+                f"`{call_path}.function` must be an object", param=f"{call_path}.function"
+            )
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": _string(call.get("id"), f"{call_path}.id", required=True),
+                "name": _string(function.get("name"), f"{call_path}.function.name", required=True),
+                "input": _arguments(function.get("arguments"), f"{call_path}.function.arguments"),
+            }
+        )
+    return blocks
+
+
+def _arguments(raw: Any, path: str) -> dict[str, Any]:
+    if raw is None or raw == "":
+        return {}
+    if not isinstance(raw, str):
+        raise TranslationError(f"`{path}` must be a JSON string", param=path)
+    try:
+        value = _decoder.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise TranslationError(f"`{path}` is not valid JSON: {exc}", param=path) from None
+    if not isinstance(value, dict):
+        raise TranslationError(f"`{path}` must encode a JSON object", param=path)
+    return value
+
+
+def _tool_result(message: dict[str, Any], path: str) -> dict[str, Any]:
+    block: dict[str, Any] = {
+        "type": "tool_result",
+        "tool_use_id": _string(message.get("tool_call_id"), f"{path}.tool_call_id", required=True),
+    }
+    text = _plain_text(message.get("content"), f"{path}.content")
+    if text:
+        block["content"] = text
+    return block
+
+
+def _tools(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise TranslationError("`tools` must be an array", param="tools")
+    out: list[dict[str, Any]] = []
+    for i, tool in enumerate(raw):
+        path = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            raise TranslationError(
+                f"`{path}` must be a function tool; others cannot be sent to Anthropic", param=path
+            )
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            raise TranslationError(f"`{path}.function` must be an object", param=f"{path}.function")
+        translated: dict[str, Any] = {
+            "name": _string(function.get("name"), f"{path}.function.name", required=True)
+        }
+        description = function.get("description")
+        if description:
+            translated["description"] = _string(description, f"{path}.function.description")
+        schema = function.get("parameters")
+        if schema is None:
+            schema = {"type": "object", "properties": {}}
+        elif not isinstance(schema, dict):
+            raise TranslationError(
+                f"`{path}.function.parameters` must be an object",
+                param=f"{path}.function.parameters",
+            )
+        elif "type" not in schema:
+            schema = {"type": "object", **schema}
+        translated["input_schema"] = schema
+        out.append(translated)
+    return out
+
+
+def _tool_choice(choice: Any, *, has_tools: bool, parallel: Any) -> dict[str, Any] | None:
+    translated: dict[str, Any]
+    if choice is None or choice == "auto":
+        if not has_tools:
+            return None
+        translated = {"type": "auto"}
+    elif choice == "none":
+        if not has_tools:
+            return None
+        return {"type": "none"}
+    elif choice == "required":
+        translated = {"type": "any"}
+    elif (
+        isinstance(choice, dict)
+        and choice.get("type") == "function"
+        and isinstance(choice.get("function"), dict)
+    ):
+        name = _string(choice["function"].get("name"), "tool_choice.function.name", required=True)
+        translated = {"type": "tool", "name": name}
+    else:
+        raise TranslationError(
+            "`tool_choice` must be 'none', 'auto', 'required' or a function choice",
+            param="tool_choice",
+        )
+    if not has_tools:
+        raise TranslationError("`tool_choice` needs `tools`", param="tool_choice")
+    if parallel is False:
+        translated["disable_parallel_tool_use"] = True
+    elif choice is None:
+        return None  # Anthropic's default is auto; say nothing
+    return translated
+
+
+def _string(value: Any, path: str, *, required: bool = False) -> str:
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or (required and not value):
+        raise TranslationError(f"`{path}` must be a non-empty string", param=path)
+    return value
+
+
+# --------------------------------------------------------------------------- responses
+
+
+def messages_response_to_chat(resp: dict[str, Any], *, model: str, created: int) -> dict[str, Any]:
+    """Translate an Anthropic message into an OpenAI ``chat.completion`` object.
+
+    Thinking and server-tool blocks have no chat completion counterpart and are dropped.
+    """
+    if not isinstance(resp, dict) or resp.get("type", "message") != "message":
+        raise AnthropicProtocolError("Anthropic answered with something that is not a message")
+    content = resp.get("content")
+    if not isinstance(content, list):
+        raise AnthropicProtocolError("Anthropic's message has no content array")
+    texts: list[str] = []
+    tool_calls: list[dict[str, Any]] = []
+    for block in content:
+        if not isinstance(block, dict):
+            raise AnthropicProtocolError("Anthropic's message holds a non-object content block")
+        kind = block.get("type")
+        if kind == "text":
+            texts.append(str(block.get("text", "")))
+        elif kind == "tool_use":
+            tool_calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {
+                        "name": block.get("name"),
+                        "arguments": _encoder.encode(block.get("input") or {}).decode(),
+                    },
+                }
+            )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return {
+        "id": _completion_id(resp.get("id")),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": _finish_reason(resp.get("stop_reason")),
+            }
+        ],
+        "usage": _usage(*_token_counts(resp.get("usage"), (0, 0, 0))),
+    }
+
+
+def _completion_id(message_id: Any) -> str:
+    if not isinstance(message_id, str) or not message_id:
+        return "chatcmpl-anthropic"
+    return "chatcmpl-" + message_id.removeprefix("msg_")
+
+
+def _finish_reason(stop_reason: Any) -> str:
+    return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
+
+
+def _token_counts(usage: Any, previous: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(prompt, cached, completion) tokens from an Anthropic usage object.
+
+    Anthropic's ``input_tokens`` leave out cache reads and writes; OpenAI's ``prompt_tokens``
+    count every input token, so the cache figures are added back. Fields absent from
+    ``usage`` keep their ``previous`` value (a stream reports usage in pieces).
+    """
+    prompt, cached, completion = previous
+    if not isinstance(usage, dict):
+        return previous
+    if any(k in usage for k in ("input_tokens", "cache_read_input_tokens")):
+        cached = _count(usage.get("cache_read_input_tokens"))
+        prompt = (
+            _count(usage.get("input_tokens"))
+            + _count(usage.get("cache_creation_input_tokens"))
+            + cached
+        )
+    if "output_tokens" in usage:
+        completion = _count(usage.get("output_tokens"))
+    return prompt, cached, completion
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _usage(prompt: int, cached: int, completion: int) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def anthropic_error_to_openai(status: int, body: bytes) -> tuple[int, dict[str, Any]]:
+    """Translate an Anthropic error response into ``(status, OpenAI error envelope)``.
+
+    529 ``overloaded_error`` becomes 503. A 401/403 from Anthropic means the appliance's own
+    provider key is wrong, not the client's, so it becomes 502 rather than telling the client
+    to fix a key it never sent. Statuses that are not errors become 502.
+    """
+    kind: str | None = None
+    message: str | None = None
+    try:
+        decoded = _decoder.decode(body)
+    except msgspec.DecodeError:
+        decoded = None
+    if isinstance(decoded, dict) and isinstance(decoded.get("error"), dict):
+        kind = decoded["error"].get("type")
+        message = decoded["error"].get("message")
+    if not isinstance(message, str) or not message:
+        snippet = body[:200].decode("utf-8", "replace").strip()
+        message = f"Anthropic answered HTTP {status}" + (f": {snippet}" if snippet else "")
+    if not isinstance(kind, str):
+        kind = _error_kind_for_status(status)
+
+    if kind == "overloaded_error" or status == 529:
+        status, kind = 503, "overloaded_error"
+    elif kind in ("authentication_error", "permission_error") or status in (401, 403):
+        status = 502
+        message = f"the Anthropic provider rejected the appliance's credentials: {message}"
+    elif not 400 <= status <= 599:
+        status = 502
+    return status, {"error": _openai_error(kind, message)}
+
+
+def _error_kind_for_status(status: int) -> str:
+    return {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        504: "timeout_error",
+        529: "overloaded_error",
+    }.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
+
+
+def _openai_error(kind: str, message: str) -> dict[str, Any]:
+    error_type, code = _ERROR_KINDS.get(kind, ("server_error", "upstream_error"))
+    return {"message": message, "type": error_type, "param": None, "code": code}
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class StreamTranslator:
+    """Turn Anthropic's server-sent events into OpenAI ``chat.completion.chunk`` events.
+
+    Feed it the upstream bytes as they arrive, split anywhere; it keeps the partial line and
+    answers with whole OpenAI SSE events. It ends the stream with ``data: [DONE]`` exactly once:
+    after ``message_stop``, after an upstream ``error`` event, on a malformed event, or from
+    `finish` when the upstream stopped early.
+    """
+
+    def __init__(self, *, model: str, created: int, include_usage: bool) -> None:
+        self._model = model
+        self._created = created
+        self._include_usage = include_usage
+        self._pending = b""
+        self._data: list[bytes] = []
+        self._event = b""
+        self._id: str | None = None
+        self._tokens = (0, 0, 0)
+        self._stop_reason: str | None = None
+        # Anthropic content block index -> OpenAI tool call index, and whether any argument
+        # bytes arrived for it (a tool without arguments must still read as "{}").
+        self._tools: dict[int, int] = {}
+        self._tool_has_args: dict[int, bool] = {}
+        self._done = False
+
+    @property
+    def usage(self) -> tuple[int, int]:
+        """(prompt tokens, completion tokens) reported by the upstream so far."""
+        return self._tokens[0], self._tokens[2]
+
+    @property
+    def finish_reason(self) -> str | None:
+        """The OpenAI finish reason once the upstream reported its stop reason."""
+        return None if self._stop_reason is None else _finish_reason(self._stop_reason)
+
+    @property
+    def done(self) -> bool:
+        """Whether ``data: [DONE]`` has been emitted."""
+        return self._done
+
+    def feed(self, data: bytes) -> bytes:
+        """Consume upstream bytes; return the OpenAI SSE bytes they complete."""
+        if self._done:
+            return b""
+        data = self._pending + data
+        # A trailing CR may be the first half of a CRLF that the next read completes.
+        held = b""
+        if data.endswith(b"\r"):
+            data, held = data[:-1], b"\r"
+        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self._pending = lines.pop() + held
+        out: list[bytes] = []
+        for line in lines:
+            out.append(self._line(line))
+            if self._done:
+                return b"".join(out)
+        if len(self._pending) > _MAX_LINE:
+            self._pending = b""
+            out.append(self._fail("api_error", "Anthropic sent an event line over 16 MiB"))
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """Call at upstream EOF; closes the stream with an error if it ended early."""
+        if self._done:
+            return b""
+        # Be lenient with a last event that lacks its blank line.
+        pending, self._pending = self._pending.rstrip(b"\r"), b""
+        out = self._line(pending) if pending else b""
+        if not self._done and self._data:
+            out += self._line(b"")
+        if self._done:
+            return out
+        return out + self._fail(
+            "api_error", "the Anthropic stream ended before the message was complete"
+        )
+
+    def _line(self, line: bytes) -> bytes:
+        if not line:
+            if not self._data:
+                self._event = b""
+                return b""
+            payload = b"\n".join(self._data)
+            event, self._event, self._data = self._event, b"", []
+            return self._dispatch(event, payload)
+        if line.startswith(b":"):
+            return b""  # comment / keep-alive
+        name, _, value = line.partition(b":")
+        if value.startswith(b" "):
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value
+        return b""
+
+    def _dispatch(self, event_name: bytes, payload: bytes) -> bytes:
+        try:
+            event = _decoder.decode(payload)
+        except msgspec.DecodeError:
+            return self._fail("api_error", "Anthropic sent an event that is not valid JSON")
+        if not isinstance(event, dict):
+            return self._fail("api_error", "Anthropic sent an event that is not a JSON object")
+        kind = event.get("type")
+        if not isinstance(kind, str):
+            kind = event_name.decode("utf-8", "replace")
+        try:
+            return self._handle(kind, event)
+        except (KeyError, TypeError, AttributeError, ValueError):
+            return self._fail("api_error", f"Anthropic sent a malformed {kind!r} event")
+
+    def _handle(self, kind: str, event: dict[str, Any]) -> bytes:
+        if kind == "ping":
+            return b""
+        if kind == "error":
+            error = event.get("error")
+            if not isinstance(error, dict):
+                error = {}
+            message = error.get("message")
+            if not isinstance(message, str) or not message:
+                message = "the Anthropic stream failed"
+            error_kind = error.get("type")
+            return self._fail(error_kind if isinstance(error_kind, str) else "api_error", message)
+        if kind == "message_start":
+            if self._id is not None:
+                raise ValueError("second message_start")
+            message = event["message"]
+            self._id = _completion_id(message.get("id"))
+            self._tokens = _token_counts(message.get("usage"), self._tokens)
+            return self._chunk({"role": "assistant", "content": ""})
+        if self._id is None:
+            if kind in ("content_block_start", "content_block_delta", "content_block_stop",
+                        "message_delta", "message_stop"):
+                return self._fail("api_error", f"Anthropic sent {kind!r} before message_start")
+            return b""
+        if kind == "content_block_start":
+            return self._block_start(int(event["index"]), event["content_block"])
+        if kind == "content_block_delta":
+            return self._block_delta(int(event["index"]), event["delta"])
+        if kind == "content_block_stop":
+            index = int(event["index"])
+            if index in self._tools and not self._tool_has_args[index]:
+                return self._tool_chunk(index, {"arguments": "{}"})
+            return b""
+        if kind == "message_delta":
+            stop_reason = event.get("delta", {}).get("stop_reason")
+            if isinstance(stop_reason, str):
+                self._stop_reason = stop_reason
+            self._tokens = _token_counts(event.get("usage"), self._tokens)
+            return b""
+        if kind == "message_stop":
+            return self._complete()
+        return b""  # Anthropic may add event types; unknown ones carry nothing for us
+
+    def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
+        kind = block.get("type")
+        if kind == "text":
+            text = block.get("text")
+            return self._chunk({"content": text}) if isinstance(text, str) and text else b""
+        if kind == "tool_use":
+            self._tools[index] = len(self._tools)
+            self._tool_has_args[index] = False
+            return self._tool_chunk(
+                index,
+                {"name": block["name"], "arguments": ""},
+                call_id=block["id"],
+            )
+        return b""  # thinking and server-tool blocks have no chat completion counterpart
+
+    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
+        kind = delta.get("type")
+        if kind == "text_delta":
+            text = delta["text"]
+            return self._chunk({"content": text}) if text else b""
+        if kind == "input_json_delta" and index in self._tools:
+            partial = delta["partial_json"]
+            if not partial:
+                return b""
+            self._tool_has_args[index] = True
+            return self._tool_chunk(index, {"arguments": partial})
+        return b""
+
+    def _tool_chunk(
+        self, index: int, function: dict[str, Any], *, call_id: str | None = None
+    ) -> bytes:
+        call: dict[str, Any] = {"index": self._tools[index]}
+        if call_id is not None:
+            call["id"] = call_id
+            call["type"] = "function"
+        call["function"] = function
+        return self._chunk({"tool_calls": [call]})
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
+            "id": self._id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "choices": [
+                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            ],
+        }
+        if self._include_usage:
+            chunk["usage"] = None
+        return b"data: " + _encoder.encode(chunk) + b"\n\n"
+
+    def _complete(self) -> bytes:
+        out = self._chunk({}, _finish_reason(self._stop_reason))
+        if self._include_usage:
+            usage_chunk = {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [],
+                "usage": _usage(*self._tokens),
+            }
+            out += b"data: " + _encoder.encode(usage_chunk) + b"\n\n"
+        self._done = True
+        return out + _DONE
+
+    def _fail(self, kind: str, message: str) -> bytes:
+        self._done = True
+        error = {"error": _openai_error(kind, message)}
+        return b"data: " + _encoder.encode(error) + b"\n\n" + _DONE

@@ -1,0 +1,208 @@
+"""Settings: one TOML file plus ``APPLIANCE_*`` environment overrides, validated before binding.
+
+Every setting is declared here, once. Unknown keys in the file or the environment are errors.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from appliance.kernel.errors import ConfigError
+
+ENV_PREFIX = "APPLIANCE_"
+# Environment variables with the prefix that are not settings.
+ENV_NOT_SETTINGS = {"APPLIANCE_CONFIG", "APPLIANCE_ENGINE_TOKEN"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def default_data_dir() -> Path:
+    """Where state lives when neither --data-dir nor the config names a directory."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "foundry-appliance"
+
+
+def default_starter_bundle() -> Path:
+    """Where `make bundle` puts the starter bundle on this machine."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "foundry-appliance" / "bundles" / "starter"
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerSettings(_Section):
+    shutdown_timeout_s: float = 30.0
+    max_body_bytes: int = 16 * 1024 * 1024
+
+
+class AuthSettings(_Section):
+    # When false, /v1 answers without an API key (for a closed lab network only).
+    required: bool = True
+    key_cache_ttl_s: float = 30.0
+
+
+class EngineSettings(_Section):
+    enabled: bool = True
+    threads: int = 0  # 0 = half the cores, at least one
+    context_tokens: int = 2048
+    max_queue: int = 32
+    health_interval_s: float = 2.0
+    start_timeout_s: float = 60.0
+    restart_backoff_max_s: float = 30.0
+
+
+class GatewaySettings(_Section):
+    connect_timeout_s: float = 5.0
+    first_byte_timeout_s: float = 120.0
+    total_timeout_s: float = 600.0
+    retries: int = 2
+    retry_backoff_s: float = 0.1
+    breaker_failures: int = 5
+    breaker_reset_s: float = 30.0
+
+
+class MetricsSettings(_Section):
+    flush_interval_s: float = 0.5
+    retention_days: int = 90
+
+
+class UpstreamSettings(_Section, kw_only=True):
+    name: str
+    kind: Literal["openai", "anthropic"] = "openai"
+    base_url: str
+    api_key: str = ""
+    api_key_env: str = ""
+    connect_timeout_s: float | None = None
+    first_byte_timeout_s: float | None = None
+    total_timeout_s: float | None = None
+
+    def resolved_api_key(self) -> str:
+        """The key from the file or, when ``api_key_env`` is set, from that variable."""
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env, "")
+        return self.api_key
+
+
+class RouteSettings(_Section, kw_only=True):
+    model: str
+    targets: list[str] = []
+    strategy: Literal["least_outstanding", "weighted"] = "least_outstanding"
+    weights: list[float] = []
+    fallback: list[str] = []
+
+
+class Settings(_Section):
+    data_dir: str = ""
+    listen: str = "127.0.0.1:8080"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    starter_bundle: str = ""
+    server: ServerSettings = ServerSettings()
+    auth: AuthSettings = AuthSettings()
+    engine: EngineSettings = EngineSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    metrics: MetricsSettings = MetricsSettings()
+    upstreams: list[UpstreamSettings] = []
+    routes: list[RouteSettings] = []
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
+    @property
+    def starter_bundle_path(self) -> Path:
+        if self.starter_bundle:
+            return Path(self.starter_bundle).expanduser()
+        return default_starter_bundle()
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``APPLIANCE_LISTEN`` → ``listen``; ``APPLIANCE_ENGINE__THREADS`` → ``engine.threads``."""
+    out: dict[str, Any] = {}
+    for key, value in environ.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_NOT_SETTINGS:
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_settings(
+    config_file: Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Read the TOML file, apply env then command-line overrides, validate everything."""
+    environ = dict(os.environ) if environ is None else environ
+    if config_file is None and environ.get("APPLIANCE_CONFIG"):
+        config_file = Path(environ["APPLIANCE_CONFIG"])
+    raw: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            raw = tomllib.loads(Path(config_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {config_file} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+    raw = _merge(raw, _env_overrides(environ))
+    raw = _merge(raw, {k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        # strict=False lets environment strings become numbers and booleans.
+        settings = msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f" in {config_file}" if config_file else ""
+        raise ConfigError(f"invalid setting{where}: {exc}") from None
+    _check(settings)
+    return settings
+
+
+def _check(settings: Settings) -> None:
+    try:
+        settings.host_port  # noqa: B018 - validates the listen address
+    except ValueError:
+        raise ConfigError(f"listen must be HOST:PORT, got {settings.listen!r}") from None
+    names: set[str] = set()
+    for upstream in settings.upstreams:
+        if not NAME_RE.match(upstream.name) or ":" in upstream.name:
+            raise ConfigError(f"upstream name {upstream.name!r} must match {NAME_RE.pattern}")
+        if upstream.name in names:
+            raise ConfigError(f"upstream {upstream.name!r} is defined twice")
+        if not upstream.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"upstream {upstream.name!r}: base_url must be an http(s) URL")
+        names.add(upstream.name)
+    for route in settings.routes:
+        for target in route.targets:
+            if target.split(":", 1)[0] not in names:
+                raise ConfigError(
+                    f"route {route.model!r}: target {target!r} names no upstream "
+                    f"(known: {', '.join(sorted(names)) or 'none'})"
+                )
+        if route.weights and len(route.weights) != len(route.targets):
+            raise ConfigError(f"route {route.model!r}: weights must match targets one to one")
+        if not route.targets and not route.fallback:
+            raise ConfigError(f"route {route.model!r} has neither targets nor fallback")

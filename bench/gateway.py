@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Gateway overhead: a zero-latency upstream called directly and through the appliance.
+
+Load comes from `wrk` (Debian package) in its own process; the upstream and the appliance run
+in their own processes too. Auth and metering are on. Prints req/s and P50/P99 per concurrency
+and the latency the gateway adds; `--tokens` also compares the starter model's tokens/s through
+the gateway with the llama.cpp worker called directly.
+
+    python bench/gateway.py [--duration 10] [--tokens]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def wrk(url: str, key: str, conns: int, duration: int) -> tuple[float, float, float]:
+    """(req/s, p50 ms, p99 ms) from one wrk run."""
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+                 f'wrk.headers["Content-Type"] = "application/json"\n'
+                 f'wrk.headers["Authorization"] = "Bearer {key}"\n')
+    script.close()
+    out = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency",
+                          "-s", script.name, url], capture_output=True, text=True, check=True)
+    os.unlink(script.name)
+    text = out.stdout
+    if "Non-2xx" in text:
+        raise SystemExit(f"errors during the run:\n{text}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", text)
+        assert m, text
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+    return rps, pct("50"), pct("99")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duration", type=int, default=10, help="seconds per run")
+    ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument("--tokens", action="store_true",
+                    help="also measure starter-model tokens/s (needs the starter bundle)")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+    work = Path(tempfile.mkdtemp(prefix="bench-gw-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        up_port, gw_port = free_port(), free_port()
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "bench" / "zero_upstream.py"),
+                                       str(up_port)]))
+        config = work / "bench.toml"
+        config.write_text(f'[[upstreams]]\nname = "zero"\nbase_url = '
+                          f'"http://127.0.0.1:{up_port}/v1"\n[[routes]]\nmodel = "bench"\n'
+                          f'targets = ["zero"]\n[engine]\nenabled = false\n')
+        env = {k: v for k, v in os.environ.items() if not k.startswith("APPLIANCE_")}
+        env["APPLIANCE_STARTER_BUNDLE"] = str(work / "none")
+        data = work / "data"
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "appliance", "serve", "--config", str(config), "--data-dir",
+             str(data), "--listen", f"127.0.0.1:{gw_port}"], env=env,
+            stderr=subprocess.DEVNULL))
+        wait_http(f"http://127.0.0.1:{up_port}/v1/chat/completions")
+        wait_http(f"http://127.0.0.1:{gw_port}/ready")
+        key = json.loads(subprocess.run(
+            [sys.executable, "-m", "appliance", "keys", "create", "--data-dir", str(data),
+             "--name", "bench", "--json"], capture_output=True, text=True, env=env,
+            check=True).stdout)["key"]
+        rows = []
+        for conns in [int(c) for c in args.concurrency.split(",")]:
+            direct = wrk(f"http://127.0.0.1:{up_port}/v1/chat/completions", key, conns,
+                         args.duration)
+            through = wrk(f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, conns,
+                          args.duration)
+            rows.append((conns, direct, through))
+        print(f"{'conc':>5} | {'direct req/s':>12} {'p50 ms':>7} {'p99 ms':>7} | "
+              f"{'gateway req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'added p50 ms':>12}")
+        print("-" * 90)
+        for conns, d, g in rows:
+            print(f"{conns:>5} | {d[0]:>12.0f} {d[1]:>7.2f} {d[2]:>7.2f} | {g[0]:>13.0f} "
+                  f"{g[1]:>7.2f} {g[2]:>7.2f} | {g[1] - d[1]:>12.2f}")
+        best = max(g[0] for _, _, g in rows)
+        added = next((g[1] - d[1] for c, d, g in rows if c == 1), float("nan"))
+        print(f"summary: gateway peak {best:.0f} req/s (floor 2000), added P50 at "
+              f"concurrency 1 {added:.2f} ms (floor 1 ms)")
+        if args.tokens:
+            from bench_tokens import measure_tokens  # type: ignore[import-not-found]
+
+            measure_tokens(work)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
