@@ -33,7 +33,7 @@ from appliance.store.metrics import MetricsWriter
 from appliance.store.state import StateStore
 
 log = logging.getLogger(__name__)
-SERVICES = web.AppKey("services", "Services")
+SERVICES: web.AppKey[Services]
 CHANGE_POLL_S = 1.0
 
 
@@ -138,7 +138,8 @@ class Services:
 
     def status(self) -> dict[str, Any]:
         return {
-            "version": __version__, "ready": self.is_ready(), "uptime_s": time.time() - self.started,
+            "version": __version__, "ready": self.is_ready(),
+            "uptime_s": time.time() - self.started,
             "data_dir": str(self.data_dir), "engines": [
                 e.status() for e in self.supervisor.engines.values()],
             "models": self.router.models(), "starter_error": self.starter_error,
@@ -158,6 +159,9 @@ class Services:
         out += [f'appliance_engine_restarts_total{{model="{e.spec.name}"}} {e.restarts}'
                 for e in self.supervisor.engines.values()]
         return out
+
+
+SERVICES = web.AppKey("services", Services)
 
 
 # --- cleanup contexts, in start order ---------------------------------------------------------

@@ -37,18 +37,18 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
-class ServerSettings(_Section):
+class ServerSettings(_Section, frozen=True):
     shutdown_timeout_s: float = 30.0
     max_body_bytes: int = 16 * 1024 * 1024
 
 
-class AuthSettings(_Section):
+class AuthSettings(_Section, frozen=True):
     # When false, /v1 answers without an API key (for a closed lab network only).
     required: bool = True
     key_cache_ttl_s: float = 30.0
 
 
-class EngineSettings(_Section):
+class EngineSettings(_Section, frozen=True):
     enabled: bool = True
     threads: int = 0  # 0 = half the cores, at least one
     context_tokens: int = 2048
@@ -58,7 +58,7 @@ class EngineSettings(_Section):
     restart_backoff_max_s: float = 30.0
 
 
-class GatewaySettings(_Section):
+class GatewaySettings(_Section, frozen=True):
     connect_timeout_s: float = 5.0
     first_byte_timeout_s: float = 120.0
     total_timeout_s: float = 600.0
@@ -68,12 +68,12 @@ class GatewaySettings(_Section):
     breaker_reset_s: float = 30.0
 
 
-class MetricsSettings(_Section):
+class MetricsSettings(_Section, frozen=True):
     flush_interval_s: float = 0.5
     retention_days: int = 90
 
 
-class UpstreamSettings(_Section, kw_only=True):
+class UpstreamSettings(_Section, frozen=True, kw_only=True):
     name: str
     kind: Literal["openai", "anthropic"] = "openai"
     base_url: str
@@ -90,7 +90,7 @@ class UpstreamSettings(_Section, kw_only=True):
         return self.api_key
 
 
-class RouteSettings(_Section, kw_only=True):
+class RouteSettings(_Section, frozen=True, kw_only=True):
     model: str
     targets: list[str] = []
     strategy: Literal["least_outstanding", "weighted"] = "least_outstanding"
@@ -98,7 +98,7 @@ class RouteSettings(_Section, kw_only=True):
     fallback: list[str] = []
 
 
-class Settings(_Section):
+class Settings(_Section, frozen=True):
     data_dir: str = ""
     listen: str = "127.0.0.1:8080"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -32,7 +32,7 @@ from appliance.bundle.format import (
     OciManifest,
     blob_path,
 )
-from appliance.bundle.recipe import Recipe, resolve_source
+from appliance.bundle.recipe import Recipe, RecipeFile, RecipeModel, resolve_source
 from appliance.kernel.errors import BadRequest
 from appliance.models.detect import detect
 
@@ -84,7 +84,8 @@ def source_sizes(recipe: Recipe) -> tuple[dict[str, dict[str, Path]], int]:
     """Resolve every source (downloads on the connected side) and add up the bytes."""
     resolved: dict[str, dict[str, Path]] = {}
     total = 0
-    for item in [*recipe.models, *recipe.files]:
+    items: list[RecipeModel | RecipeFile] = [*recipe.models, *recipe.files]
+    for item in items:
         files = resolve_source(item.source)
         resolved[item.source] = files
         total += sum(p.stat().st_size for p in files.values())

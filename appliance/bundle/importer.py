@@ -22,6 +22,7 @@ from appliance.bundle.format import (
     MODEL_ARTIFACT,
     MODEL_CONFIG,
     TITLE,
+    BundleFile,
     BundleManifest,
     ModelConfig,
     OciIndex,
@@ -143,7 +144,7 @@ def import_bundle(data_dir: Path, root: Path, *, progress: Progress | None = Non
         conn.close()
 
 
-def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, object]
+def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, BundleFile]
             ) -> list[tuple[ModelConfig, str, dict[str, str], int]]:
     """(config, version, {file: digest}, size) for every model artefact in the index."""
     try:
@@ -181,7 +182,7 @@ def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, object]
 
 
 def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest: str,
-            source: str, bundle_id: str, blobs: list[object],
+            source: str, bundle_id: str, blobs: list[BundleFile],
             models: list[tuple[ModelConfig, str, dict[str, str], int]]) -> None:
     """Make the bundle's contents visible: one transaction, after every blob verified."""
     now = time.time()

@@ -50,7 +50,8 @@ def load_recipe(path: Path) -> Recipe:
         raise BadRequest(f"recipe {path} does not exist") from None
     except (tomllib.TOMLDecodeError, msgspec.ValidationError) as exc:
         raise BadRequest(f"recipe {path}: {exc}") from None
-    for item in [*recipe.models, *recipe.files]:
+    items: list[RecipeModel | RecipeFile] = [*recipe.models, *recipe.files]
+    for item in items:
         if not NAME_RE.match(item.name):
             raise BadRequest(f"recipe {path}: name {item.name!r} must match {NAME_RE.pattern}")
     return recipe

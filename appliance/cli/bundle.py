@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from appliance.cli.common import add_common, fail, print_json, print_table, run_with_store, settings_from
+from appliance.cli.common import (
+    add_common,
+    fail,
+    print_json,
+    print_table,
+    run_with_store,
+    settings_from,
+)
 from appliance.cli.progress import ProgressBar
 from appliance.kernel.errors import ApplianceError, ConfigError
 from appliance.settings import Settings

@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from tokenizers import Tokenizer
 
-__all__ = ["ModelFileError", "SafetensorsFile", "SentenceEmbedder", "gelu_"]
+__all__ = ["ModelFileError", "SafetensorsFile", "SentenceEmbedder", "gelu_inplace"]
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +334,7 @@ _GELU_P = np.float32(_ERF_P / math.sqrt(2.0))
 _GELU_A = tuple(np.float32(a / 2.0) for a in reversed(_ERF_A))  # Horner order, a5 first
 
 
-def gelu_(x: Float32Array) -> Float32Array:
+def gelu_inplace(x: Float32Array) -> Float32Array:
     """Exact (erf) GELU, as BERT's ``hidden_act: gelu``, computed in place and returned.
 
     GELU(x) = x Phi(x) = max(x, 0) - |x| * erfc(|x| / sqrt 2) / 2: written this way every
@@ -609,7 +609,7 @@ class SentenceEmbedder:
 
             inter = attended @ layer.inter_weight
             inter += layer.inter_bias
-            gelu_(inter)
+            gelu_inplace(inter)
             x = inter @ layer.out_weight
             x += layer.out_bias
             x += attended

@@ -105,9 +105,9 @@ class EngineProcess:
         if state in (EngineState.READY, EngineState.FAILED):
             self._settled.set()
 
-    async def wait_settled(self, timeout: float) -> None:
+    async def wait_settled(self, limit_s: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._settled.wait(), timeout)
+            await asyncio.wait_for(self._settled.wait(), limit_s)
 
     def _command(self) -> list[str]:
         cmd = [*self_command(), "engine", "--name", self.spec.name, "--task", self.spec.task,
@@ -250,8 +250,8 @@ class EngineSupervisor:
         return all(e.state in (EngineState.READY, EngineState.FAILED)
                    or e.restarts > 0 for e in self.engines.values())
 
-    async def wait_settled(self, timeout: float) -> None:
-        await asyncio.gather(*(e.wait_settled(timeout) for e in self.engines.values()))
+    async def wait_settled(self, limit_s: float) -> None:
+        await asyncio.gather(*(e.wait_settled(limit_s) for e in self.engines.values()))
 
     async def close(self) -> None:
         """Stop every worker, then the supervisor tasks."""

@@ -125,7 +125,8 @@ class ModelRunner:
         return int(self._llm.n_tokens)
 
     def embed(self, texts: list[str]) -> tuple[Any, list[int]]:
-        return self._embedder.embed(texts)
+        vectors, counts = self._embedder.embed(texts)
+        return vectors, list(counts)
 
 
 def _drain_stream(chunks: Iterator[dict[str, Any]], loop: asyncio.AbstractEventLoop,
@@ -255,7 +256,7 @@ class EngineApp:
             if include_usage and last is not None:
                 total = await self.runner.run(self.runner.context_used)
                 prompt_tokens = max(0, total - completion_tokens)
-                usage_chunk = {
+                usage_chunk: dict[str, Any] = {
                     "id": last.get("id"), "object": last.get("object"),
                     "created": last.get("created"), "model": self.runner.name, "choices": [],
                     "usage": {"prompt_tokens": prompt_tokens,

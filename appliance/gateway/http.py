@@ -38,7 +38,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_any = msgspec.json.Decoder().decode
 ANONYMOUS = ApiKey(id="anonymous", name="anonymous", project_id="default", prefix="", role="admin",
                    models=[], rpm=None, tpm=None, created_at=0, expires_at=None, revoked_at=None)
-_MULTIPART_MODEL = re.compile(rb'name="model"\r\n(?:[^\r\n]*\r\n)*\r\n([^\r\n]*)\r\n')
+_MULTIPART_MODEL = re.compile(rb'name="model"[^\r\n]*\r\n(?:[^\r\n]+\r\n)*\r\n([^\r\n]*)\r\n')
 
 
 def openai_error(error: ApplianceError) -> web.Response:

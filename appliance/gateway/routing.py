@@ -323,7 +323,7 @@ class Router:
             return targets
         if route.strategy == "weighted" and route.weights:
             weights = dict(zip(route.targets, route.weights, strict=False))
-            # weighted random permutation (Efraimidis–Spirakis keys)
+            # weighted random permutation (Efraimidis-Spirakis keys)
             return sorted(targets, key=lambda t: -random.random() ** (
                 1.0 / max(weights.get(t.name, 1.0), 1e-9)))
         return sorted(targets, key=lambda t: (t.in_flight, random.random()))

@@ -29,10 +29,10 @@ class TaskGroupOwner:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Cancel every task still running and wait up to ``timeout`` for them to finish."""
+    async def close(self, limit_s: float = 5.0) -> None:
+        """Cancel every task still running and wait up to ``limit_s`` for them to finish."""
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+            await asyncio.wait(tasks, timeout=limit_s)

@@ -36,7 +36,8 @@ async def list_models(store: StateStore, *, active_only: bool = False) -> list[M
                         bundle_id=r["bundle_id"]) for r in rows]
 
 
-def engine_spec(model: ModelRecord, blobs: BlobStore, settings: EngineSettings) -> EngineSpec | None:
+def engine_spec(model: ModelRecord, blobs: BlobStore,
+                settings: EngineSettings) -> EngineSpec | None:
     """How to serve ``model`` with the embedded engine, or None when it cannot."""
     if model.format not in SERVABLE_FORMATS:
         return None

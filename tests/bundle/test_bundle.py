@@ -119,7 +119,7 @@ def test_malformed_manifest(bundle: Path, tmp_path: Path) -> None:
     (bundle / "bundle.json").write_text("{")
     with pytest.raises(BundleInvalid, match="malformed"):
         import_bundle(tmp_path / "data", bundle)
-    with pytest.raises(BundleInvalid, match="no bundle.json"):
+    with pytest.raises(BundleInvalid, match=r"no bundle\.json"):
         import_bundle(tmp_path / "data", tmp_path)
 
 

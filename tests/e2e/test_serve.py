@@ -8,12 +8,12 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-import urllib.request
-import urllib.error
 
 from tests.conftest import ServerProcess, appliance_cmd, create_key, free_port, spawn_server
 

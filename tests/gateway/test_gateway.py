@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 
 from appliance.gateway.keys import create_key
 from tests.conftest import free_port, read_sse, start_app
-from tests.fakes.anthropic_server import make_anthropic_app
+from tests.fakes.anthropic_server import FAKE_API_KEY, make_anthropic_app
 from tests.fakes.openai_server import STATE, make_openai_app
 
 CHAT = {"model": "llama-3-8b", "messages": [{"role": "user", "content": "hi"}]}
@@ -34,7 +34,7 @@ def _config(*upstreams: tuple[str, str], route: dict[str, Any] | None = None,
 
 async def _key(client: Any, **kw: Any) -> dict[str, str]:
     store = client.server.app[_services_key()].store
-    created = await create_key(store, name="t", **kw)
+    created = await create_key(store, name="t", **{"role": "admin", **kw})
     return {"Authorization": f"Bearer {created.key}"}
 
 
@@ -286,7 +286,7 @@ async def test_client_disconnect_cancels_upstream_request(appliance: Any) -> Non
 
 async def test_anthropic_upstream_both_ways(appliance: Any) -> None:
     fake = await start_app(make_anthropic_app(reply="Bonjour de Claude"))
-    cfg = {"upstreams": [{"name": "claude", "kind": "anthropic", "api_key": "sk-ant-test",
+    cfg = {"upstreams": [{"name": "claude", "kind": "anthropic", "api_key": FAKE_API_KEY,
                           "base_url": str(fake.make_url("/v1"))}],
            "routes": [{"model": "claude", "targets": ["claude:claude-3-5-haiku-latest"]}]}
     client = await appliance(cfg)
@@ -372,7 +372,7 @@ async def test_routes_api_changes_apply_without_restart(appliance: Any) -> None:
 
 async def test_control_api_needs_admin_key(appliance: Any) -> None:
     client = await appliance({})
-    headers = await _key(client)
+    headers = await _key(client, role="inference")
     resp = await client.get("/api/keys", headers=headers)
     assert resp.status == 403
     assert (await client.get("/api/keys")).status == 401
