@@ -123,7 +123,9 @@ class Services:
             log.warning("%s", self.starter_error)
             return
         log.info("importing the starter bundle from %s", bundle)
-        result = await asyncio.to_thread(import_bundle, self.data_dir, bundle)
+        # `make bundle` builds the starter unsigned: allowed for this configured path only
+        result = await asyncio.to_thread(import_bundle, self.data_dir, bundle,
+                                         allow_unsigned=True)
         log.info("starter bundle imported: %s", ", ".join(result.models))
 
     # --- read-outs ---------------------------------------------------------------------------

@@ -50,6 +50,7 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
 
 class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
     path: str
+    allow_unsigned: bool = False
 
 
 # (method, path, summary) of every route: the source of the OpenAPI document.
@@ -218,6 +219,7 @@ class ControlApi:
         """Import a bundle directory that is on this host (e.g. a mounted USB stick)."""
         body: ImportRequest = await self._body(request, ImportRequest)
         root = check_bundle_dir(Path(body.path))
-        result = await asyncio.to_thread(import_bundle, self.s.data_dir, root)
+        result = await asyncio.to_thread(import_bundle, self.s.data_dir, root,
+                                         allow_unsigned=body.allow_unsigned)
         await self.s.reload()
         return json_response(result, status=201 if not result.already_imported else 200)

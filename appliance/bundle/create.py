@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from appliance.bundle.format import (
     BUNDLE_MANIFEST,
@@ -26,13 +27,16 @@ from appliance.bundle.format import (
     BundleEntry,
     BundleFile,
     BundleManifest,
+    BundlePart,
     Descriptor,
     ModelConfig,
     OciIndex,
     OciManifest,
     blob_path,
 )
+from appliance.bundle.parts import part_name
 from appliance.bundle.recipe import Recipe, RecipeFile, RecipeModel, resolve_source
+from appliance.bundle.signing import SIGNATURE_FILE, sign_manifest
 from appliance.kernel.errors import BadRequest
 from appliance.models.detect import detect
 
@@ -43,12 +47,16 @@ Progress = Callable[[str, int], None]  # (what, bytes just done)
 class _Writer:
     """Writes blobs into a layout under construction, once per digest."""
 
-    def __init__(self, root: Path, progress: Progress | None) -> None:
+    def __init__(self, root: Path, progress: Progress | None, part_size: int = 0) -> None:
         self.root = root
         self.progress = progress
+        self.part_size = part_size
+        self.parts: dict[str, list[BundlePart]] = {}  # digest -> parts of split blobs
         (root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
 
     def add_file(self, src: Path, label: str) -> tuple[str, int]:
+        if self.part_size and src.stat().st_size > self.part_size:
+            return self._add_split(src, label)
         tmp = self.root / "blobs" / ".tmp"
         hasher = hashlib.sha256()
         size = 0
@@ -61,6 +69,41 @@ class _Writer:
                     self.progress(label, len(block))
         digest = "sha256:" + hasher.hexdigest()
         os.replace(tmp, self.root / blob_path(digest))
+        return digest, size
+
+    def _add_split(self, src: Path, label: str) -> tuple[str, int]:
+        """Write ``src`` straight into parts of at most ``part_size`` bytes (FAT32 media)."""
+        whole = hashlib.sha256()
+        pieces: list[tuple[Path, str, int]] = []
+        size = 0
+        with src.open("rb") as reader:
+            while True:
+                tmp = self.root / "blobs" / f".tmp.{len(pieces) + 1}"
+                hasher = hashlib.sha256()
+                written = 0
+                with tmp.open("wb") as writer:
+                    while written < self.part_size:
+                        block = reader.read(min(CHUNK, self.part_size - written))
+                        if not block:
+                            break
+                        whole.update(block)
+                        hasher.update(block)
+                        writer.write(block)
+                        written += len(block)
+                        if self.progress:
+                            self.progress(label, len(block))
+                if not written:
+                    tmp.unlink()
+                    break
+                pieces.append((tmp, hasher.hexdigest(), written))
+                size += written
+        digest = "sha256:" + whole.hexdigest()
+        parts = []
+        for number, (tmp, sha, written) in enumerate(pieces, 1):
+            rel = part_name(blob_path(digest), number)
+            os.replace(tmp, self.root / rel)
+            parts.append(BundlePart(path=rel, size=written, sha256=sha))
+        self.parts[digest] = parts
         return digest, size
 
     def add_bytes(self, data: bytes) -> tuple[str, int]:
@@ -95,14 +138,20 @@ def source_sizes(recipe: Recipe) -> tuple[dict[str, dict[str, Path]], int]:
 
 
 def create_bundle(recipe: Recipe, out: Path, *, progress: Progress | None = None,
-                  resolved: dict[str, dict[str, Path]] | None = None) -> BundleManifest:
-    """Build the bundle in ``OUT.partial`` and rename it to ``out`` when complete."""
+                  resolved: dict[str, dict[str, Path]] | None = None,
+                  sign_key: Ed25519PrivateKey | None = None,
+                  part_size: int = 0) -> BundleManifest:
+    """Build the bundle in ``OUT.partial`` and rename it to ``out`` when complete.
+
+    With ``sign_key`` the manifest's exact bytes are signed into ``bundle.json.sig``; with
+    ``part_size`` blobs larger than it are written as parts (for FAT32 media).
+    """
     if out.exists() and any(out.iterdir()):
         raise BadRequest(f"{out} exists and is not empty; choose a new --out directory")
     resolved = resolved or source_sizes(recipe)[0]
     work = out.with_name(out.name + ".partial")
     shutil.rmtree(work, ignore_errors=True)
-    writer = _Writer(work, progress)
+    writer = _Writer(work, progress, part_size)
     descriptors: list[Descriptor] = []
     contents: list[BundleEntry] = []
     for model in recipe.models:
@@ -140,16 +189,23 @@ def create_bundle(recipe: Recipe, out: Path, *, progress: Progress | None = None
         OciIndex(schemaVersion=2, manifests=descriptors)))
     listed: list[BundleFile] = []
     for path in sorted(work.rglob("*")):
-        if path.is_file():
+        if path.is_file() and ".part" not in path.name:
             rel = str(path.relative_to(work))
             # a blob's name is its digest, already computed while writing it
             sha = path.name if rel.startswith("blobs/sha256/") else _sha256(path)
             listed.append(BundleFile(path=rel, size=path.stat().st_size, sha256=sha))
+    for digest, parts in writer.parts.items():
+        listed.append(BundleFile(path=blob_path(digest), size=sum(p.size for p in parts),
+                                 sha256=digest.split(":", 1)[1], parts=parts))
+    listed.sort(key=lambda f: f.path)
     manifest = BundleManifest(
         format=FORMAT_VERSION, name=recipe.name, version=recipe.version,
         created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), contents=contents,
         files=listed)
-    (work / BUNDLE_MANIFEST).write_bytes(msgspec.json.format(msgspec.json.encode(manifest)))
+    manifest_bytes = msgspec.json.format(msgspec.json.encode(manifest))
+    (work / BUNDLE_MANIFEST).write_bytes(manifest_bytes)
+    if sign_key is not None:
+        (work / SIGNATURE_FILE).write_bytes(sign_manifest(sign_key, manifest_bytes))
     if out.exists():
         out.rmdir()
     out.parent.mkdir(parents=True, exist_ok=True)

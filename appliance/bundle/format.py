@@ -6,7 +6,10 @@ BUNDLE/
   index.json              OCI index; one manifest per model, image or file
   blobs/sha256/<hex>      content-addressed blobs (model files are uncompressed layers)
   bundle.json             name, version, created, contents, and size + sha256 of every file
+  bundle.json.sig         Ed25519 signature over the exact bytes of bundle.json (optional)
 ```
+A blob larger than the part size given to ``bundle create --part-size`` is stored as
+``blobs/sha256/<hex>.part0001``, ``.part0002`` … each listed with its own size and sha256.
 Models are OCI artefacts (``artifactType`` ``MODEL_ARTIFACT``): a config blob describing the
 model and one layer per model file, titled with the file's path inside the model.
 """
@@ -65,10 +68,20 @@ class ModelConfig(msgspec.Struct, forbid_unknown_fields=False):
     source: str = ""
 
 
-class BundleFile(msgspec.Struct):
+class BundlePart(msgspec.Struct):
+    """One piece of a blob split for FAT32 media: ``blobs/sha256/<hex>.partNNNN``."""
+
     path: str
     size: int
     sha256: str
+
+
+class BundleFile(msgspec.Struct, omit_defaults=True):
+    path: str
+    size: int
+    sha256: str
+    # when set, the file itself is absent and these pieces, concatenated, are its bytes
+    parts: list[BundlePart] = []
 
 
 class BundleEntry(msgspec.Struct, omit_defaults=True):

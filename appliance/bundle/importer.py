@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -29,17 +32,26 @@ from appliance.bundle.format import (
     OciManifest,
     blob_path,
 )
-from appliance.content.store import BlobStore, NoSpace
-from appliance.kernel.errors import ApplianceError, BadRequest
+from appliance.bundle.parts import PartsReader, part_name
+from appliance.bundle.signing import (
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_FILE,
+    SignatureError,
+    trusted_keys,
+    verify_manifest,
+)
+from appliance.bundle.source import BundleInvalid, BundleSource, open_source, read_small
+from appliance.content.store import CHUNK, BlobStore, NoSpace, Reader
+from appliance.kernel.errors import BadRequest
 from appliance.store.state import open_sync
+
+log = logging.getLogger(__name__)
 
 _SAFE_PATH = re.compile(r"^(oci-layout|index\.json|blobs/sha256/[0-9a-f]{64})$")
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+MAX_INDEX_BYTES = 64 * 1024 * 1024
 
-
-class BundleInvalid(ApplianceError, ValueError):
-    status = 422
-    code = "bundle_invalid"
+__all__ = ["BundleInvalid", "ImportResult", "import_bundle", "read_manifest", "verify_bundle"]
 
 
 class ImportResult(msgspec.Struct):
@@ -50,21 +62,18 @@ class ImportResult(msgspec.Struct):
     bytes_copied: int
     bytes_skipped: int
     already_imported: bool = False
+    signed_by: str | None = None
+    images: list[str] = []
 
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
 
-def read_manifest(root: Path) -> tuple[BundleManifest, bytes]:
+def read_manifest(src: BundleSource) -> tuple[BundleManifest, bytes]:
     """Parse ``bundle.json`` and check every path in it is one a bundle may contain."""
-    path = root / BUNDLE_MANIFEST
-    if not root.is_dir():
-        raise BundleInvalid(f"{root} is not a bundle directory")
-    if not path.is_file() or path.is_symlink():
-        raise BundleInvalid(f"{root} has no {BUNDLE_MANIFEST}; is this a bundle?")
-    raw = path.read_bytes()[: MAX_MANIFEST_BYTES + 1]
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise BundleInvalid(f"{BUNDLE_MANIFEST} is larger than {MAX_MANIFEST_BYTES} bytes")
+    raw = read_small(src, BUNDLE_MANIFEST, MAX_MANIFEST_BYTES)
+    if raw is None:
+        raise BundleInvalid(f"{src.name} has no {BUNDLE_MANIFEST}; is this a bundle?")
     try:
         manifest = msgspec.json.decode(raw, type=BundleManifest)
     except msgspec.DecodeError as exc:
@@ -75,38 +84,98 @@ def read_manifest(root: Path) -> tuple[BundleManifest, bytes]:
                                 f"{f.path!r}")
         if f.path.startswith("blobs/") and f.path.rsplit("/", 1)[1] != f.sha256:
             raise BundleInvalid(f"{f.path}: its name and its listed sha256 differ")
-        on_disk = root / f.path
-        if on_disk.is_symlink():
-            raise BundleInvalid(f"{f.path} is a symbolic link; bundles hold plain files")
+        if f.parts:
+            if not f.path.startswith("blobs/"):
+                raise BundleInvalid(f"{f.path}: only blobs may be split into parts")
+            for number, part in enumerate(f.parts, 1):
+                if part.path != part_name(f.path, number):
+                    raise BundleInvalid(f"{BUNDLE_MANIFEST} lists a part a bundle may not "
+                                        f"hold: {part.path!r}")
+                src.size(part.path)  # refuses a symbolic link
+            if sum(p.size for p in f.parts) != f.size:
+                raise BundleInvalid(f"{f.path}: its parts do not add up to its size")
+        else:
+            src.size(f.path)  # refuses a symbolic link
     return manifest, raw
 
 
-def _read_verified(root: Path, rel: str, sha256: str) -> bytes:
-    data = (root / rel).read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha256:
-        raise BundleInvalid(f"{rel} does not match its sha256 in {BUNDLE_MANIFEST}")
+def check_signature(conn: sqlite3.Connection, src: BundleSource, raw: bytes, *,
+                    allow_unsigned: bool, trusted: dict[str, Any] | None = None
+                    ) -> str | None:
+    """The signer's key id; None for an unsigned bundle let in by ``allow_unsigned``.
+
+    A signature by a trusted key that does not verify is refused even then: it means the
+    bundle was altered.
+    """
+    sig = read_small(src, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+    keys = trusted_keys(conn) if trusted is None else trusted
+    try:
+        return verify_manifest(raw, sig, keys)
+    except SignatureError as exc:
+        if allow_unsigned and "does not match" not in exc.message:
+            log.warning("importing %s without a trusted signature: %s", src.name, exc.message)
+            return None
+        raise
+
+
+def _read_verified(src: BundleSource, f: BundleFile, limit: int) -> bytes:
+    data = read_small(src, f.path, limit)
+    if data is None:
+        raise BundleInvalid(f"{f.path} is listed in {BUNDLE_MANIFEST} but missing")
+    if hashlib.sha256(data).hexdigest() != f.sha256:
+        raise BundleInvalid(f"{f.path} does not match its sha256 in {BUNDLE_MANIFEST}")
     return data
 
 
-def import_bundle(data_dir: Path, root: Path, *, progress: Progress | None = None
-                  ) -> ImportResult:
-    """Verify and import the bundle at ``root`` into ``data_dir`` (blocking; run in a thread)."""
-    manifest, raw = read_manifest(root)
+def _opener(src: BundleSource, f: BundleFile) -> Callable[[int], Reader]:
+    """Open a blob of the bundle at an offset, joining its parts when it was split."""
+    if not f.parts:
+        size = src.size(f.path)
+        if size is None:
+            raise BundleInvalid(f"{f.path} is listed in {BUNDLE_MANIFEST} but missing; "
+                                "the bundle is incomplete")
+        if size != f.size:
+            raise BundleInvalid(f"{f.path} is {size} bytes, the manifest says {f.size}; "
+                                "the bundle is truncated or corrupt")
+
+    def open_at(offset: int) -> Reader:
+        if f.parts:
+            return PartsReader(src, f.parts, offset)
+        reader = src.open(f.path)
+        reader.seek(offset)
+        return reader
+    return open_at
+
+
+def import_bundle(data_dir: Path, path: Path, *, progress: Progress | None = None,
+                  allow_unsigned: bool = False) -> ImportResult:
+    """Verify and import the bundle (directory or tar) at ``path`` (blocking; use a thread)."""
+    src = open_source(path)
+    try:
+        return _import(data_dir, src, progress=progress, allow_unsigned=allow_unsigned)
+    finally:
+        src.close()
+
+
+def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
+            allow_unsigned: bool) -> ImportResult:
+    manifest, raw = read_manifest(src)
     manifest_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     by_path = {f.path: f for f in manifest.files}
     for required in ("oci-layout", "index.json"):
         if required not in by_path:
             raise BundleInvalid(f"{BUNDLE_MANIFEST} does not list {required}")
-    index_bytes = _read_verified(root, "index.json", by_path["index.json"].sha256)
-    _read_verified(root, "oci-layout", by_path["oci-layout"].sha256)
     conn = open_sync(data_dir)
     try:
+        signer = check_signature(conn, src, raw, allow_unsigned=allow_unsigned)
+        index_bytes = _read_verified(src, by_path["index.json"], MAX_INDEX_BYTES)
+        _read_verified(src, by_path["oci-layout"], 4096)
         row = conn.execute("SELECT id FROM bundles WHERE manifest_digest=?",
                            (manifest_digest,)).fetchone()
         if row is not None:
             return ImportResult(bundle_id=row["id"], name=manifest.name,
                                 version=manifest.version, models=[], bytes_copied=0,
-                                bytes_skipped=0, already_imported=True)
+                                bytes_skipped=0, already_imported=True, signed_by=signer)
         store = BlobStore(data_dir / "blobs")
         blobs = [f for f in manifest.files if f.path.startswith("blobs/")]
         missing = [f for f in blobs if not store.has("sha256:" + f.sha256, f.size)]
@@ -120,28 +189,51 @@ def import_bundle(data_dir: Path, root: Path, *, progress: Progress | None = Non
         if progress:
             progress(done, total)
         for f in missing:
-            src = root / f.path
-            if not src.is_file():
-                raise BundleInvalid(f"{f.path} is listed in {BUNDLE_MANIFEST} but missing; "
-                                    "the bundle is incomplete")
-            if src.stat().st_size != f.size:
-                raise BundleInvalid(f"{f.path} is {src.stat().st_size} bytes, the manifest "
-                                    f"says {f.size}; the bundle is truncated or corrupt")
+            opener = _opener(src, f)
 
             def step(n: int) -> None:
                 nonlocal done
                 done += n
                 if progress:
                     progress(done, total)
-            store.copy_in(src, "sha256:" + f.sha256, f.size, step)
+            store.copy_in(opener, "sha256:" + f.sha256, f.size, step)
         models = _models(store, index_bytes, by_path)
         bundle_id = "bnd_" + uuid.uuid4().hex[:12]
-        _record(conn, manifest, manifest_digest, str(root), bundle_id, blobs, models)
+        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models)
         return ImportResult(bundle_id=bundle_id, name=manifest.name, version=manifest.version,
                             models=[m[0].name for m in models], bytes_copied=need,
-                            bytes_skipped=total - need)
+                            bytes_skipped=total - need, signed_by=signer)
     finally:
         conn.close()
+
+
+def verify_bundle(path: Path, *, trusted: dict[str, Any], allow_unsigned: bool = False,
+                  progress: Progress | None = None) -> tuple[BundleManifest, str | None]:
+    """Check the signature and every file's sha256 without importing anything."""
+    src = open_source(path)
+    try:
+        manifest, raw = read_manifest(src)
+        sig = read_small(src, SIGNATURE_FILE, MAX_SIGNATURE_BYTES)
+        try:
+            signer: str | None = verify_manifest(raw, sig, trusted)
+        except SignatureError as exc:
+            if not allow_unsigned or "does not match" in exc.message:
+                raise
+            signer = None
+        total, done = manifest.total_size, 0
+        for f in manifest.files:
+            hasher = hashlib.sha256()
+            with closing(_opener(src, f)(0)) as reader:
+                while block := reader.read(CHUNK):
+                    hasher.update(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+            if hasher.hexdigest() != f.sha256:
+                raise BundleInvalid(f"{f.path} does not match its sha256 in {BUNDLE_MANIFEST}")
+        return manifest, signer
+    finally:
+        src.close()
 
 
 def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, BundleFile]
@@ -182,15 +274,16 @@ def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, BundleFile]
 
 
 def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest: str,
-            source: str, bundle_id: str, blobs: list[BundleFile],
+            source: str, bundle_id: str, signer: str | None,
             models: list[tuple[ModelConfig, str, dict[str, str], int]]) -> None:
     """Make the bundle's contents visible: one transaction, after every blob verified."""
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        conn.execute("INSERT INTO bundles VALUES (?,?,?,?,?,?,?)",
+        conn.execute("INSERT INTO bundles (id, name, version, created, manifest_digest,"
+                     " source_path, imported_at, signed_by) VALUES (?,?,?,?,?,?,?,?)",
                      (bundle_id, manifest.name, manifest.version, manifest.created,
-                      manifest_digest, source, now))
+                      manifest_digest, source, now, signer))
         for f in manifest.files:
             if f.path.startswith("blobs/"):
                 digest = "sha256:" + f.sha256
@@ -217,7 +310,7 @@ def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest:
 
 
 def check_bundle_dir(path: Path) -> Path:
-    """Resolve a user-given bundle path (a directory) or raise BadRequest."""
+    """Resolve a user-given bundle path (a directory or a tar) or raise BadRequest."""
     resolved = path.expanduser().resolve()
     if not resolved.exists():
         raise BadRequest(f"{path} does not exist")

@@ -6,11 +6,27 @@ import hashlib
 import os
 import shutil
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
+from typing import Protocol
 
 from appliance.kernel.errors import ApplianceError
 
 CHUNK = 4 * 1024 * 1024
+
+
+class Reader(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def _file_opener(path: Path) -> Callable[[int], Reader]:
+    def open_at(offset: int) -> Reader:
+        reader = path.open("rb")
+        reader.seek(offset)
+        return reader
+    return open_at
 
 
 class DigestMismatch(ApplianceError, ValueError):
@@ -44,10 +60,11 @@ class BlobStore:
         self.root.mkdir(parents=True, exist_ok=True)
         return shutil.disk_usage(self.root).free
 
-    def copy_in(self, src: Path, digest: str, size: int,
+    def copy_in(self, src: Path | Callable[[int], Reader], digest: str, size: int,
                 progress: Callable[[int], None] | None = None) -> None:
         """Copy ``src`` in, hashing as it goes; resume a partial copy left by an interruption.
 
+        ``src`` is a file or a function that opens a reader positioned at a given offset.
         Raises DigestMismatch (and discards the partial file) when the content is not
         ``digest``, and NoSpace when the disk fills up.
         """
@@ -66,9 +83,10 @@ class BlobStore:
                         hasher.update(block)
                 if progress and done:
                     progress(done)
+        opener = _file_opener(src) if isinstance(src, Path) else src
+        label = src.name if isinstance(src, Path) else digest
         try:
-            with src.open("rb") as reader, partial.open("ab") as writer:
-                reader.seek(done)
+            with closing(opener(done)) as reader, partial.open("ab") as writer:
                 while block := reader.read(CHUNK):
                     hasher.update(block)
                     writer.write(block)
@@ -84,7 +102,7 @@ class BlobStore:
         actual = "sha256:" + hasher.hexdigest()
         if actual != digest or partial.stat().st_size != size:
             partial.unlink(missing_ok=True)
-            raise DigestMismatch(f"{src.name}: content is {actual}, the manifest says {digest}")
+            raise DigestMismatch(f"{label}: content is {actual}, the manifest says {digest}")
         final = self.path(digest)
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(partial, final)

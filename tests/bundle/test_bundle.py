@@ -8,39 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from appliance.bundle.create import create_bundle
 from appliance.bundle.importer import BundleInvalid, import_bundle
-from appliance.bundle.recipe import load_recipe
 from appliance.content.store import BlobStore, DigestMismatch, NoSpace
 from appliance.store.state import open_sync
-
-GGUF = b"GGUF" + bytes(range(256)) * 64
+from tests.bundle.conftest import GGUF, MakeBundle, resign
 
 
 @pytest.fixture
-def bundle(tmp_path: Path) -> Path:
-    model = tmp_path / "src" / "tiny.gguf"
-    model.parent.mkdir()
-    model.write_bytes(GGUF)
-    k3s = tmp_path / "src" / "k3s"
-    k3s.write_bytes(b"#!/bin/sh\necho k3s\n" * 1000)
-    recipe = tmp_path / "r.toml"
-    recipe.write_text(f"""
-name = "site-starter"
-version = "1.0.0"
-
-[[models]]
-name = "my-local-model"
-source = "file:{model}"
-
-[[files]]
-name = "k3s"
-source = "file:{k3s}"
-""")
-    out = tmp_path / "usb" / "bundle"
-    create_bundle(load_recipe(recipe), out)
-    return out
+def bundle(make_bundle: MakeBundle, data_dir: Path) -> Path:
+    """A signed bundle; ``tmp_path / "data"`` trusts its key."""
+    return make_bundle()
 
 
 def _models(data: Path) -> list[tuple[str, str, int]]:
@@ -62,11 +41,12 @@ def test_create_then_import(bundle: Path, tmp_path: Path) -> None:
     assert again.already_imported
 
 
-def test_blobs_already_present_are_skipped(bundle: Path, tmp_path: Path) -> None:
+def test_blobs_already_present_are_skipped(bundle: Path, tmp_path: Path,
+                                           signing_key: Ed25519PrivateKey) -> None:
     import_bundle(tmp_path / "data", bundle)
     manifest = json.loads((bundle / "bundle.json").read_text())
     manifest["version"] = "1.0.1"
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    resign(bundle, signing_key, manifest)
     result = import_bundle(tmp_path / "data", bundle)
     assert result.bytes_copied == 0 and result.bytes_skipped > len(GGUF)
 
@@ -146,7 +126,8 @@ def test_full_disk_is_refused_before_copying(bundle: Path, tmp_path: Path,
     assert _models(tmp_path / "data") == []
 
 
-def test_newer_version_keeps_previous_for_rollback(bundle: Path, tmp_path: Path) -> None:
+def test_newer_version_keeps_previous_for_rollback(bundle: Path, tmp_path: Path,
+                                                   signing_key: Ed25519PrivateKey) -> None:
     import_bundle(tmp_path / "data", bundle)
     manifest = json.loads((bundle / "bundle.json").read_text())
     index = json.loads((bundle / "index.json").read_text())
@@ -159,7 +140,7 @@ def test_newer_version_keeps_previous_for_rollback(bundle: Path, tmp_path: Path)
     for f in manifest["files"]:
         if f["path"] == "index.json":
             f["sha256"], f["size"] = hashlib.sha256(raw).hexdigest(), len(raw)
-    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    resign(bundle, signing_key, manifest)
     import_bundle(tmp_path / "data", bundle)
     assert _models(tmp_path / "data") == [("my-local-model", "1.0.0", 0),
                                           ("my-local-model", "2.0.0", 1)]
