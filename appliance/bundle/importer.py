@@ -22,8 +22,11 @@ import msgspec
 
 from appliance.bundle.format import (
     BUNDLE_MANIFEST,
+    DIGEST_RE,
+    KIND,
     MODEL_ARTIFACT,
     MODEL_CONFIG,
+    REF_NAME,
     TITLE,
     BundleFile,
     BundleManifest,
@@ -32,6 +35,7 @@ from appliance.bundle.format import (
     OciManifest,
     blob_path,
 )
+from appliance.bundle.images import ImageDocument, media_type_of, split_name
 from appliance.bundle.parts import PartsReader, part_name
 from appliance.bundle.signing import (
     MAX_SIGNATURE_BYTES,
@@ -197,12 +201,16 @@ def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
                 if progress:
                     progress(done, total)
             store.copy_in(opener, "sha256:" + f.sha256, f.size, step)
-        models = _models(store, index_bytes, by_path)
+        index = _parse_index(index_bytes)
+        models = _models(store, index, by_path)
+        images = _images(store, index, by_path)
         bundle_id = "bnd_" + uuid.uuid4().hex[:12]
-        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models)
+        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models, images)
         return ImportResult(bundle_id=bundle_id, name=manifest.name, version=manifest.version,
                             models=[m[0].name for m in models], bytes_copied=need,
-                            bytes_skipped=total - need, signed_by=signer)
+                            bytes_skipped=total - need, signed_by=signer,
+                            images=[f"{i.repository}:{i.tag}" for i in images
+                                    if not i.repository.startswith("models/")])
     finally:
         conn.close()
 
@@ -236,13 +244,65 @@ def verify_bundle(path: Path, *, trusted: dict[str, Any], allow_unsigned: bool =
         src.close()
 
 
-def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, BundleFile]
-            ) -> list[tuple[ModelConfig, str, dict[str, str], int]]:
-    """(config, version, {file: digest}, size) for every model artefact in the index."""
+def _parse_index(index_bytes: bytes) -> OciIndex:
     try:
-        index = msgspec.json.decode(index_bytes, type=OciIndex)
+        return msgspec.json.decode(index_bytes, type=OciIndex)
     except msgspec.DecodeError as exc:
         raise BundleInvalid(f"index.json is malformed: {exc}") from None
+
+
+class ImageRecord(msgspec.Struct):
+    repository: str
+    tag: str
+    digest: str
+    media_type: str
+    manifests: list[tuple[str, str, int]]  # (digest, media type, size): the top one, children
+
+
+def _images(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
+            ) -> list[ImageRecord]:
+    """Every container image (and every model, as ``models/<name>``) the registry will serve."""
+    found = []
+    for desc in index.manifests:
+        kind = desc.annotations.get(KIND, "")
+        if kind not in ("image", "model"):
+            continue
+        ref = desc.annotations.get(REF_NAME, "")
+        try:
+            repo, tag = split_name(ref if kind == "image" else f"models/{ref.lower()}")
+        except BadRequest as exc:
+            if kind == "model":
+                continue  # a model name the registry grammar cannot carry: not served there
+            raise BundleInvalid(f"index.json: {exc.message}") from None
+        manifests: list[tuple[str, str, int]] = []
+        _image_tree(store, by_path, desc.digest, desc.mediaType, manifests, ref)
+        found.append(ImageRecord(repository=repo, tag=tag, digest=desc.digest,
+                                 media_type=desc.mediaType, manifests=manifests))
+    return found
+
+
+def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
+                media_type: str, out: list[tuple[str, str, int]], ref: str) -> None:
+    if not DIGEST_RE.match(digest) or blob_path(digest) not in by_path:
+        raise BundleInvalid(f"image {ref}: manifest {digest} is not in the bundle")
+    raw = store.path(digest).read_bytes()
+    try:
+        doc = msgspec.json.decode(raw, type=ImageDocument)
+    except msgspec.DecodeError as exc:
+        raise BundleInvalid(f"image {ref}: manifest {digest} is malformed: {exc}") from None
+    out.append((digest, media_type or media_type_of(raw), len(raw)))
+    if len(out) > 1000:
+        raise BundleInvalid(f"image {ref}: too many nested manifests")
+    for child in doc.manifests:
+        _image_tree(store, by_path, child.digest, child.mediaType, out, ref)
+    for blob in [*([doc.config] if doc.config else []), *doc.layers]:
+        if not DIGEST_RE.match(blob.digest) or blob_path(blob.digest) not in by_path:
+            raise BundleInvalid(f"image {ref}: blob {blob.digest} is not in the bundle")
+
+
+def _models(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
+            ) -> list[tuple[ModelConfig, str, dict[str, str], int]]:
+    """(config, version, {file: digest}, size) for every model artefact in the index."""
     found = []
     for desc in index.manifests:
         if desc.artifactType != MODEL_ARTIFACT:
@@ -275,7 +335,8 @@ def _models(store: BlobStore, index_bytes: bytes, by_path: dict[str, BundleFile]
 
 def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest: str,
             source: str, bundle_id: str, signer: str | None,
-            models: list[tuple[ModelConfig, str, dict[str, str], int]]) -> None:
+            models: list[tuple[ModelConfig, str, dict[str, str], int]],
+            images: list[ImageRecord]) -> None:
     """Make the bundle's contents visible: one transaction, after every blob verified."""
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
@@ -303,6 +364,13 @@ def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest:
                 ("mdl_" + uuid.uuid4().hex[:12], config.name, version, config.task,
                  config.format, json.dumps(files), size, json.dumps({"source": config.source}),
                  bundle_id, now))
+        for image in images:
+            for digest, media_type, size in image.manifests:
+                conn.execute("INSERT OR IGNORE INTO image_manifests VALUES (?,?,?,?,?)",
+                             (image.repository, digest, media_type, size, bundle_id))
+            conn.execute("INSERT OR REPLACE INTO image_tags VALUES (?,?,?,?,?,?)",
+                         (image.repository, image.tag, image.digest, image.media_type,
+                          bundle_id, now))
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -86,3 +86,81 @@ def data_dir(tmp_path: Path, signing_key: Ed25519PrivateKey) -> Path:
     data = tmp_path / "data"
     trust(data, signing_key)
     return data
+
+
+# --- tiny container images, built here (no network) ------------------------------------------
+
+
+def _layer_tar(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o755, 1700000000
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def image_parts(text: bytes = b"hello from the appliance\n") -> tuple[bytes, bytes]:
+    """(layer tar, config JSON) of a one-file image."""
+    import platform
+
+    layer = _layer_tar({"hello.txt": text})
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    config = json.dumps({
+        "architecture": arch, "os": "linux",
+        "config": {"Cmd": ["/bin/cat", "/hello.txt"]},
+        "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]},
+    }, separators=(",", ":")).encode()
+    return layer, config
+
+
+def make_oci_layout(root: Path, tag: str = "busybox-test",
+                    text: bytes = b"hello from the appliance\n") -> str:
+    """A one-image OCI layout under ``root`` tagged ``tag``; returns the manifest digest."""
+    layer, config = image_parts(text)
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": _sha(config), "size": len(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": _sha(layer), "size": len(layer)}],
+    }, indent=2).encode()
+    for data in (layer, config, manifest):
+        (blobs / _sha(data)[7:]).write_bytes(data)
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (root / "index.json").write_text(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": _sha(manifest), "size": len(manifest),
+                       "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+    return _sha(manifest)
+
+
+def make_docker_archive(path: Path, text: bytes = b"hello from docker save\n") -> str:
+    """A `docker save` style tar (legacy layout); returns the layer's digest."""
+    import io
+    import tarfile
+
+    layer, config = image_parts(text)
+    config_name = _sha(config)[7:] + ".json"
+    with tarfile.open(path, "w") as tar:
+        for name, data in ((config_name, config), ("abc123/layer.tar", layer),
+                           ("manifest.json", json.dumps([{
+                               "Config": config_name, "RepoTags": ["busybox-test:1.0"],
+                               "Layers": ["abc123/layer.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return _sha(layer)
