@@ -17,6 +17,7 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.bundle.importer import import_bundle
+from appliance.content.registry import add_routes as add_registry_routes
 from appliance.content.store import BlobStore
 from appliance.control import ControlApi, json_response
 from appliance.engines.supervisor import EngineState, EngineSupervisor

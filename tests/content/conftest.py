@@ -1,0 +1,46 @@
+"""A data directory holding an imported bundle with a tiny container image, and the app on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.bundle.create import create_bundle
+from appliance.bundle.importer import import_bundle
+from appliance.bundle.recipe import load_recipe
+from tests.bundle.conftest import make_oci_layout
+from tests.conftest import AppFactory
+
+IMAGE = "library/busybox-test"
+
+
+@pytest.fixture
+def image_bundle(tmp_path: Path) -> dict[str, Any]:
+    """Build a bundle with one image and import it into ``tmp_path / "data"``."""
+    layout = tmp_path / "srv" / "layout"
+    digest = make_oci_layout(layout)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f"""
+name = "images"
+version = "1.0.0"
+
+[[images]]
+source = "oci-layout:{layout}:busybox-test"
+name = "{IMAGE}:1.0"
+
+[[images]]
+source = "oci-layout:{layout}:busybox-test"
+name = "docker.io/library/mirrored:3"
+""")
+    bundle = tmp_path / "usb" / "bundle"
+    create_bundle(load_recipe(recipe), bundle)
+    import_bundle(tmp_path / "data", bundle, allow_unsigned=True)
+    return {"digest": digest, "layout": layout, "bundle": bundle}
+
+
+@pytest.fixture
+async def registry(appliance: AppFactory, image_bundle: dict[str, Any]) -> Any:
+    """A TestClient of the appliance (auth on for /api, none for /v2) with the image."""
+    return await appliance()
