@@ -242,6 +242,7 @@ def build_app(settings: Settings) -> web.Application:
                  verifier=services.verifier, limiter=services.limiter, meter=services.meter,
                  auth_required=auth).add_routes(app)
     ControlApi(services).add_routes(app)
+    add_registry_routes(app, services)
     try:
         from appliance.sim.http import add_routes as add_sim_routes
     except ImportError:  # pragma: no cover - simulator not built in
