@@ -265,9 +265,7 @@ def _plain_text(content: Any, path: str) -> str:
         texts: list[str] = []
         for j, part in enumerate(content):
             if not isinstance(part, dict) or part.get("type") != "text":
-                raise TranslationError(
-                    f"`{path}[{j}]` must be a text part", param=f"{path}[{j}]"
-                )
+                raise TranslationError(f"`{path}[{j}]` must be a text part", param=f"{path}[{j}]")
             texts.append(_string(part.get("text"), f"{path}[{j}].text"))
         return "\n".join(t for t in texts if t)
     raise TranslationError(f"`{path}` must be a string or an array of parts", param=path)
@@ -761,8 +759,13 @@ class StreamTranslator:
             self._tokens = _token_counts(message.get("usage"), self._tokens)
             return self._chunk({"role": "assistant", "content": ""})
         if self._id is None:
-            if kind in ("content_block_start", "content_block_delta", "content_block_stop",
-                        "message_delta", "message_stop"):
+            if kind in (
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+            ):
                 return self._fail("api_error", f"Anthropic sent {kind!r} before message_start")
             return b""
         if kind == "content_block_start":
@@ -839,7 +842,7 @@ class StreamTranslator:
     def _complete(self) -> bytes:
         out = self._chunk({}, _finish_reason(self._stop_reason))
         if self._include_usage:
-            usage_chunk = {
+            usage_chunk: dict[str, Any] = {
                 "id": self._id,
                 "object": "chat.completion.chunk",
                 "created": self._created,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -91,6 +92,9 @@ class GatewayViews:
         self._embedding = msgspec.json.Decoder(EmbeddingRequest)
         self._responses = msgspec.json.Decoder(ResponsesRequest)
         self._model_only = msgspec.json.Decoder(ModelOnly)
+        # request ids: a random per-process prefix and a counter (no urandom per request)
+        self._id_prefix = secrets.token_hex(4) + "-"
+        self._ids = itertools.count(1)
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -231,7 +235,7 @@ class GatewayViews:
             if key is not None and tokens:
                 self.limiter.charge(key.id, tokens)
             self.meter.observe(RequestRecord(
-                ts=time.time(), request_id=uuid.uuid4().hex,
+                ts=time.time(), request_id=f"{self._id_prefix}{next(self._ids):x}",
                 endpoint=endpoint or (call.endpoint if call else request.path[4:]),
                 model=call.model if call else "", route=outcome.route, target=outcome.target,
                 key_id=key.id if key else "", project_id=key.project_id if key else "",

@@ -180,17 +180,15 @@ class Forwarder:
         if base is None:
             raise _Retryable(Unavailable(f"target {target.name} is not available"),
                              breaker=False)
-        timeout = aiohttp.ClientTimeout(total=None, connect=target.connect_s,
-                                        sock_connect=target.connect_s)
-        deadline = time.monotonic() + target.total_s
         started = time.monotonic()
         target.in_flight += 1
         try:
             try:
-                async with asyncio.timeout(target.first_byte_s):
-                    upstream = await self.session.post(
-                        base.rstrip("/") + suffix, data=body,
-                        headers=self._headers(target, content_type), timeout=timeout)
+                # total bounds the whole exchange; sock_read bounds the wait for the headers
+                # and every gap between streamed chunks (no asyncio timer per request).
+                upstream = await self.session.post(
+                    target.url(suffix), data=body, headers=self._headers(target, content_type),
+                    timeout=target.client_timeout)
             except TimeoutError:
                 raise _Retryable(UpstreamTimeout(
                     f"target {target.name} sent no response within {target.first_byte_s:g} s"
@@ -199,16 +197,16 @@ class Forwarder:
                 raise _Retryable(UpstreamError(
                     f"cannot reach target {target.name}: {exc}")) from None
             try:
-                return await self._relay(request, call, target, upstream, outcome, deadline,
-                                         started, shape=shape, stream_shape=stream_shape)
+                return await self._relay(request, call, target, upstream, outcome, started,
+                                         shape=shape, stream_shape=stream_shape)
             finally:
                 upstream.close()
         finally:
             target.in_flight -= 1
 
     async def _relay(self, request: web.Request, call: Call, target: Target,
-                     upstream: aiohttp.ClientResponse, outcome: Outcome, deadline: float,
-                     started: float, *, shape: ResponseShaper | None,
+                     upstream: aiohttp.ClientResponse, outcome: Outcome, started: float, *,
+                     shape: ResponseShaper | None,
                      stream_shape: StreamFactory | None) -> web.StreamResponse:
         status = upstream.status
         if status >= 500 or status == 429:
@@ -230,8 +228,7 @@ class Forwarder:
             "Content-Type", "")
         if not is_stream:
             try:
-                async with asyncio.timeout_at(_loop_time(deadline)):
-                    payload = await upstream.read()
+                payload = await upstream.read()
             except TimeoutError:
                 raise _Retryable(UpstreamTimeout(
                     f"target {target.name} did not finish within {target.total_s:g} s")) from None
@@ -252,12 +249,12 @@ class Forwarder:
             outcome.status = 200
             return web.Response(body=payload, content_type="application/json",
                                 headers=call.headers)
-        return await self._relay_stream(request, call, target, upstream, outcome, deadline,
-                                        started, stream_shape)
+        return await self._relay_stream(request, call, target, upstream, outcome, started,
+                                        stream_shape)
 
     async def _relay_stream(self, request: web.Request, call: Call, target: Target,
-                            upstream: aiohttp.ClientResponse, outcome: Outcome, deadline: float,
-                            started: float, stream_shape: StreamFactory | None
+                            upstream: aiohttp.ClientResponse, outcome: Outcome, started: float,
+                            stream_shape: StreamFactory | None
                             ) -> web.StreamResponse:
         transforms: list[StreamTransform] = []
         if target.kind == "anthropic":
@@ -277,15 +274,14 @@ class Forwarder:
         outcome.status = 200
         ttft_seen = False
         try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                async for data in upstream.content.iter_any():
-                    for transform in transforms:
-                        data = transform.feed(data)
-                    if data:
-                        if not ttft_seen:
-                            outcome.ttft_ms = (time.monotonic() - started) * 1000
-                            ttft_seen = True
-                        await response.write(data)
+            async for data in upstream.content.iter_any():
+                for transform in transforms:
+                    data = transform.feed(data)
+                if data:
+                    if not ttft_seen:
+                        outcome.ttft_ms = (time.monotonic() - started) * 1000
+                        ttft_seen = True
+                    await response.write(data)
             tail = b""
             for transform in transforms:
                 tail = transform.feed(tail) + transform.finish()
@@ -294,7 +290,8 @@ class Forwarder:
         except TimeoutError:
             outcome.status, outcome.error = 504, "stream_timeout"
             await _write_stream_error(response, UpstreamTimeout(
-                f"target {target.name} did not finish the stream within {target.total_s:g} s"))
+                f"target {target.name} stalled or did not finish the stream in time "
+                f"(gap limit {target.first_byte_s:g} s, total {target.total_s:g} s)"))
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
                 aiohttp.ClientConnectionError) as exc:
             if request.transport is None or request.transport.is_closing():
@@ -324,11 +321,6 @@ class Forwarder:
             return str(message)
         except Exception:
             return text.strip() or upstream.reason or "no detail"
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    loop = asyncio.get_running_loop()
-    return loop.time() + (monotonic_deadline - time.monotonic())
 
 
 async def _write_stream_error(response: web.StreamResponse, error: ApplianceError) -> None:

@@ -11,7 +11,9 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
+import aiohttp
 import msgspec
+import yarl
 
 from appliance.kernel.errors import BadRequest, NotFound
 from appliance.settings import NAME_RE, GatewaySettings, Settings
@@ -207,6 +209,20 @@ class Target:
         self.total_s = total_s
         self.breaker = breaker
         self.in_flight = 0
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=total_s, connect=connect_s, sock_connect=connect_s, sock_read=first_byte_s)
+        self._urls: dict[tuple[str, str], yarl.URL] = {}
+
+    def url(self, suffix: str) -> yarl.URL:
+        """The parsed URL of ``suffix`` on this target (parsed once, not per request)."""
+        base = self._url()
+        if base is None:
+            raise LookupError(f"target {self.name} is not available")
+        key = (base, suffix)
+        found = self._urls.get(key)
+        if found is None:
+            found = self._urls[key] = yarl.URL(base.rstrip("/") + suffix)
+        return found
 
     @property
     def base_url(self) -> str | None:

@@ -248,7 +248,11 @@ async def _stream(
     await response.write(
         _event(
             "content_block_start",
-            {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
         )
     )
     await response.write(_event("ping", {"type": "ping"}))
@@ -257,11 +261,11 @@ async def _stream(
     for first in range(0, len(words), size):
         delta = {"type": "text_delta", "text": "".join(words[first : first + size])}
         await response.write(
-            _event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+            _event(
+                "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            )
         )
-    await response.write(
-        _event("content_block_stop", {"type": "content_block_stop", "index": 0})
-    )
+    await response.write(_event("content_block_stop", {"type": "content_block_stop", "index": 0}))
     await response.write(
         _event(
             "message_delta",

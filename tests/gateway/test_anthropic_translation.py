@@ -147,7 +147,9 @@ def test_image_parts() -> None:
 )
 def test_untranslatable_images(url: str) -> None:
     body = {
-        "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}]
+        "messages": [
+            {"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}
+        ]
     }
     with pytest.raises(TranslationError) as info:
         translate(body)
@@ -229,7 +231,11 @@ def test_tool_round_trip_messages() -> None:
                     ],
                 },
                 {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
-                {"role": "tool", "tool_call_id": "call_2", "content": [{"type": "text", "text": "24C"}]},
+                {
+                    "role": "tool",
+                    "tool_call_id": "call_2",
+                    "content": [{"type": "text", "text": "24C"}],
+                },
                 user("Thanks"),
             ]
         }
@@ -239,8 +245,18 @@ def test_tool_round_trip_messages() -> None:
         {
             "role": "assistant",
             "content": [
-                {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {"city": "Paris"}},
-                {"type": "tool_use", "id": "call_2", "name": "get_weather", "input": {"city": "Rome"}},
+                {
+                    "type": "tool_use",
+                    "id": "call_1",
+                    "name": "get_weather",
+                    "input": {"city": "Paris"},
+                },
+                {
+                    "type": "tool_use",
+                    "id": "call_2",
+                    "name": "get_weather",
+                    "input": {"city": "Rome"},
+                },
             ],
         },
         {
@@ -363,7 +379,12 @@ def test_tool_use_response() -> None:
     resp = anthropic_message(
         content=[
             {"type": "thinking", "thinking": "hmm", "signature": "sig"},
-            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}},
+            {
+                "type": "tool_use",
+                "id": "toolu_1",
+                "name": "get_weather",
+                "input": {"city": "Paris"},
+            },
         ],
         stop_reason="tool_use",
     )
@@ -505,7 +526,12 @@ def tool_stream() -> list[dict[str, Any]]:
         {
             "type": "content_block_start",
             "index": 1,
-            "content_block": {"type": "tool_use", "id": "toolu_A", "name": "get_weather", "input": {}},
+            "content_block": {
+                "type": "tool_use",
+                "id": "toolu_A",
+                "name": "get_weather",
+                "input": {},
+            },
         },
         {
             "type": "content_block_delta",
@@ -749,7 +775,11 @@ async def test_translated_stream_against_fake_anthropic(
     ("headers", "status", "kind"),
     [
         ({"anthropic-version": ANTHROPIC_VERSION}, 401, "authentication_error"),
-        ({"x-api-key": "wrong", "anthropic-version": ANTHROPIC_VERSION}, 401, "authentication_error"),
+        (
+            {"x-api-key": "wrong", "anthropic-version": ANTHROPIC_VERSION},
+            401,
+            "authentication_error",
+        ),
         ({"x-api-key": FAKE_API_KEY}, 400, "invalid_request_error"),
     ],
 )
