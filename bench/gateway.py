@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,73 @@ def wrk(url: str, key: str, conns: int, duration: int) -> tuple[float, float, fl
     return rps, pct("50"), pct("99")
 
 
+def starter_gguf() -> Path:
+    """The chat model's file inside the starter bundle (built by `make bundle`)."""
+    root = Path.home() / ".cache" / "foundry-appliance" / "bundles" / "starter"
+    manifest = json.loads((root / "bundle.json").read_text())
+    entry = next(c for c in manifest["contents"] if c["name"] == "smollm2-135m-instruct")
+    oci = json.loads((root / "blobs" / "sha256" / entry["manifest"][7:]).read_text())
+    return root / "blobs" / "sha256" / oci["layers"][0]["digest"][7:]
+
+
+def chat_tokens_per_s(url: str, key: str, runs: int) -> list[float]:
+    rates = []
+    for _ in range(runs):
+        req = urllib.request.Request(url, method="POST", data=json.dumps({
+            "model": "smollm2-135m-instruct", "max_tokens": 128, "temperature": 0,
+            "messages": [{"role": "user", "content": "Write a long story about a lighthouse."}],
+        }).encode(), headers={"Authorization": f"Bearer {key}",
+                              "Content-Type": "application/json"})
+        started = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            body = json.loads(resp.read())
+        rates.append(body["usage"]["completion_tokens"] / (time.perf_counter() - started))
+    return rates
+
+
+def measure_tokens(work: Path, env: dict[str, str], runs: int = 5) -> None:
+    """Starter model tokens/s: the llama.cpp worker directly vs through the gateway."""
+    engine_port, gw_port = free_port(), free_port()
+    token = "bench-engine-token"
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "appliance", "engine", "--name", "smollm2-135m-instruct",
+         "--task", "chat", "--file", f"model.gguf={starter_gguf()}", "--port", str(engine_port),
+         "--threads", "1"], env={**env, "APPLIANCE_ENGINE_TOKEN": token},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    config = work / "tokens.toml"
+    config.write_text(f'[[upstreams]]\nname = "engine"\nbase_url = '
+                      f'"http://127.0.0.1:{engine_port}/v1"\napi_key = "{token}"\n'
+                      f'[[routes]]\nmodel = "smollm2-135m-instruct"\ntargets = ["engine"]\n'
+                      f'[engine]\nenabled = false\n')
+    data = work / "tokens-data"
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "appliance", "serve", "--config", str(config), "--data-dir",
+         str(data), "--listen", f"127.0.0.1:{gw_port}"], env=env, stderr=subprocess.DEVNULL))
+    try:
+        wait_http(f"http://127.0.0.1:{engine_port}/health")
+        wait_http(f"http://127.0.0.1:{gw_port}/ready")
+        key = json.loads(subprocess.run(
+            [sys.executable, "-m", "appliance", "keys", "create", "--data-dir", str(data),
+             "--name", "bench", "--json"], capture_output=True, text=True, env=env,
+            check=True).stdout)["key"]
+        chat_tokens_per_s(f"http://127.0.0.1:{engine_port}/v1/chat/completions", token, 1)
+        direct, through = [], []
+        for _ in range(runs):  # interleaved so machine load hits both alike
+            direct += chat_tokens_per_s(
+                f"http://127.0.0.1:{engine_port}/v1/chat/completions", token, 1)
+            through += chat_tokens_per_s(
+                f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, 1)
+        d, t = statistics.median(direct), statistics.median(through)
+        print(f"\n{'path':>10} | {'tokens/s (median of ' + str(runs) + ')':>26}")
+        print(f"{'direct':>10} | {d:>26.1f}\n{'gateway':>10} | {t:>26.1f}")
+        print(f"summary: starter model through the gateway runs at {100 * t / d:.1f}% of "
+              f"calling the llama.cpp worker directly (goal: within 3%)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            p.wait(30)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
@@ -121,9 +189,7 @@ def main() -> int:
         print(f"summary: gateway peak {best:.0f} req/s (floor 2000), added P50 at "
               f"concurrency 1 {added:.2f} ms (floor 1 ms)")
         if args.tokens:
-            from bench_tokens import measure_tokens  # type: ignore[import-not-found]
-
-            measure_tokens(work)
+            measure_tokens(work, env)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

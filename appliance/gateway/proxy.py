@@ -211,7 +211,8 @@ class Forwarder:
         status = upstream.status
         if status >= 500 or status == 429:
             detail = await self._read_error(upstream)
-            error = UpstreamError if status != 503 else Unavailable
+            # 529 is Anthropic's "overloaded"
+            error = Unavailable if status in (503, 529) else UpstreamError
             raise _Retryable(error(f"target {target.name} answered {status}: {detail}"),
                              breaker=status != 429)
         if status >= 400:
