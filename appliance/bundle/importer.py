@@ -47,6 +47,9 @@ from appliance.bundle.signing import (
 from appliance.bundle.source import BundleInvalid, BundleSource, open_source, read_small
 from appliance.content.store import CHUNK, BlobStore, NoSpace, Reader
 from appliance.kernel.errors import BadRequest
+from appliance.models.licences import detect as detect_licence
+from appliance.models.metadata import HeaderInvalid, extract
+from appliance.models.scan import CLAMAV_SUFFIXES, ModelRefused, scan_model
 from appliance.store.state import open_sync
 
 log = logging.getLogger(__name__)
@@ -204,8 +207,11 @@ def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
         index = _parse_index(index_bytes)
         models = _models(store, index, by_path)
         images = _images(store, index, by_path)
+        databases = _scanner_databases(store, index, by_path)
+        analyses = _analyse(conn, store, models, databases)
         bundle_id = "bnd_" + uuid.uuid4().hex[:12]
-        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models, images)
+        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models, images,
+                analyses, databases)
         return ImportResult(bundle_id=bundle_id, name=manifest.name, version=manifest.version,
                             models=[m[0].name for m in models], bytes_copied=need,
                             bytes_skipped=total - need, signed_by=signer,
@@ -300,6 +306,45 @@ def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
             raise BundleInvalid(f"image {ref}: blob {blob.digest} is not in the bundle")
 
 
+def _scanner_databases(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
+                       ) -> dict[str, str]:
+    """ClamAV signature databases carried as plain files: {file name: digest}."""
+    found: dict[str, str] = {}
+    for desc in index.manifests:
+        if desc.annotations.get(KIND) != "file" or blob_path(desc.digest) not in by_path:
+            continue
+        try:
+            manifest = msgspec.json.decode(store.path(desc.digest).read_bytes(),
+                                           type=OciManifest)
+        except (msgspec.DecodeError, FileNotFoundError) as exc:
+            raise BundleInvalid(f"file manifest {desc.digest} is unreadable: {exc}") from None
+        for layer in manifest.layers:
+            title = layer.annotations.get(TITLE, "")
+            name = title.rsplit("/", 1)[-1]
+            if name.lower().endswith(CLAMAV_SUFFIXES) and blob_path(layer.digest) in by_path:
+                found[name] = layer.digest
+    return found
+
+
+def _analyse(conn: sqlite3.Connection, store: BlobStore,
+             models: list[tuple[ModelConfig, str, dict[str, str], int]],
+             databases: dict[str, str]) -> list[dict[str, Any]]:
+    """Metadata, licence and scans of each model; raise when one must be refused."""
+    known = {r["name"]: r["digest"] for r in conn.execute(
+        "SELECT name, digest FROM scanner_databases ORDER BY added_at")}
+    dbs = {name: store.path(digest) for name, digest in {**known, **databases}.items()}
+    out = []
+    for config, _, files, _ in models:
+        paths = {rel: store.path(digest) for rel, digest in files.items()}
+        try:
+            meta = extract(paths)
+        except HeaderInvalid as exc:
+            raise ModelRefused(f"model {config.name} refused: {exc.message}") from None
+        out.append({"metadata": meta, "licence": detect_licence(paths, meta),
+                    "scan": scan_model(config.name, paths, dbs)})
+    return out
+
+
 def _models(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
             ) -> list[tuple[ModelConfig, str, dict[str, str], int]]:
     """(config, version, {file: digest}, size) for every model artefact in the index."""
@@ -336,7 +381,8 @@ def _models(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
 def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest: str,
             source: str, bundle_id: str, signer: str | None,
             models: list[tuple[ModelConfig, str, dict[str, str], int]],
-            images: list[ImageRecord]) -> None:
+            images: list[ImageRecord], analyses: list[dict[str, Any]],
+            databases: dict[str, str]) -> None:
     """Make the bundle's contents visible: one transaction, after every blob verified."""
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
@@ -350,7 +396,10 @@ def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest:
                 digest = "sha256:" + f.sha256
                 conn.execute("INSERT OR IGNORE INTO blobs VALUES (?,?,?)", (digest, f.size, now))
                 conn.execute("INSERT OR IGNORE INTO blob_refs VALUES (?,?)", (digest, bundle_id))
-        for config, version, files, size in models:
+        for name, digest in databases.items():
+            conn.execute("INSERT OR IGNORE INTO scanner_databases VALUES (?,?,?,?)",
+                         (name, digest, bundle_id, now))
+        for (config, version, files, size), analysis in zip(models, analyses, strict=True):
             existing = conn.execute("SELECT id FROM models WHERE name=? AND version=?",
                                     (config.name, version)).fetchone()
             if existing is not None:
@@ -360,10 +409,12 @@ def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest:
             conn.execute("UPDATE models SET active=0 WHERE name=?", (config.name,))
             conn.execute(
                 "INSERT INTO models (id, name, version, task, format, files, size, metadata,"
-                " bundle_id, created_at, active) VALUES (?,?,?,?,?,?,?,?,?,?,1)",
+                " bundle_id, created_at, active, licence, scan)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,1,?,?)",
                 ("mdl_" + uuid.uuid4().hex[:12], config.name, version, config.task,
-                 config.format, json.dumps(files), size, json.dumps({"source": config.source}),
-                 bundle_id, now))
+                 config.format, json.dumps(files), size,
+                 json.dumps({"source": config.source, **analysis["metadata"]}),
+                 bundle_id, now, json.dumps(analysis["licence"]), json.dumps(analysis["scan"])))
         for image in images:
             for digest, media_type, size in image.manifests:
                 conn.execute("INSERT OR IGNORE INTO image_manifests VALUES (?,?,?,?,?)",

@@ -15,7 +15,34 @@ from appliance.bundle.recipe import load_recipe
 from appliance.bundle.signing import sign_manifest, trust_key
 from appliance.store.state import open_sync
 
-GGUF = b"GGUF" + bytes(range(256)) * 64
+
+def gguf(total: int, *, fill: bytes = bytes(range(256)), license: str = "apache-2.0",
+         template: str = "{{ messages }}") -> bytes:
+    """A valid GGUF v3 file of exactly ``total`` bytes: a small header, then tensor data."""
+    import struct
+
+    def string(text: str) -> bytes:
+        raw = text.encode()
+        return struct.pack("<Q", len(raw)) + raw
+
+    kv = [("general.architecture", 8, string("llama")),
+          ("llama.context_length", 4, struct.pack("<I", 2048)),
+          ("general.file_type", 4, struct.pack("<I", 3)),
+          ("general.license", 8, string(license)),
+          ("tokenizer.chat_template", 8, string(template)),
+          ("tokenizer.ggml.tokens", 9, struct.pack("<IQ", 8, 2) + string("a") + string("b"))]
+    head = b"GGUF" + struct.pack("<IQQ", 3, 1, len(kv))
+    for key, kind, value in kv:
+        head += string(key) + struct.pack("<I", kind) + value
+    head += string("w") + struct.pack("<I", 2) + struct.pack("<QQ", 8, 16)
+    head += struct.pack("<IQ", 0, 0)
+    head += b"\0" * (-len(head) % 32)
+    assert total >= len(head)
+    body = (fill * (total // len(fill) + 1))[: total - len(head)]
+    return head + body
+
+
+GGUF = gguf(16388)
 
 
 @pytest.fixture

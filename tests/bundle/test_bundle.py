@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -115,7 +116,7 @@ def test_interrupted_copy_resumes(bundle: Path, tmp_path: Path) -> None:
     import_bundle(tmp_path / "data", bundle, progress=lambda done, total: seen.append(done))
     assert store.has(digest, len(GGUF))
     assert store.path(digest).read_bytes() == GGUF
-    steps = [b - a for a, b in zip(seen, seen[1:], strict=False)]
+    steps = [b - a for a, b in itertools.pairwise(seen)]
     assert len(GGUF) // 2 in steps  # the half already copied counted once, not copied again
 
 

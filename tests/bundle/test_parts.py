@@ -11,9 +11,9 @@ from appliance.bundle.importer import BundleInvalid, import_bundle
 from appliance.bundle.parts import DEFAULT_PART_SIZE, parse_size
 from appliance.content.store import BlobStore
 from appliance.store.state import open_sync
-from tests.bundle.conftest import MakeBundle
+from tests.bundle.conftest import MakeBundle, gguf
 
-MODEL = b"GGUF" + bytes(range(256)) * 80  # 20484 bytes: 5 parts of 4096 and one of 4
+MODEL = gguf(20484)  # 5 parts of 4096 and one of 4
 
 
 def _split(bundle: Path) -> dict[str, object]:

@@ -15,7 +15,7 @@ from appliance.bundle.importer import import_bundle, verify_bundle
 from appliance.bundle.signing import SignatureError, key_id
 from appliance.content.store import DigestMismatch
 from appliance.store.state import open_sync
-from tests.bundle.conftest import MakeBundle, trust
+from tests.bundle.conftest import MakeBundle, gguf, trust
 from tests.conftest import AppFactory, appliance_cmd
 
 
@@ -60,7 +60,7 @@ def test_untrusted_key_is_refused(make_bundle: MakeBundle, tmp_path: Path) -> No
 def test_swapped_signature_is_refused_even_when_unsigned_allowed(
         make_bundle: MakeBundle, data_dir: Path) -> None:
     first = make_bundle()
-    second = make_bundle(model=b"GGUF" + b"another model" * 100)
+    second = make_bundle(model=gguf(3000, fill=b"another model"))
     (first / "bundle.json.sig").write_bytes((second / "bundle.json.sig").read_bytes())
     for allow in (False, True):
         with pytest.raises(SignatureError, match="does not match"):
