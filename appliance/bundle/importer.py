@@ -36,6 +36,7 @@ from appliance.bundle.format import (
     blob_path,
 )
 from appliance.bundle.images import ImageDocument, media_type_of, split_name
+from appliance.bundle.manage import check_blobs_present
 from appliance.bundle.parts import PartsReader, part_name
 from appliance.bundle.signing import (
     MAX_SIGNATURE_BYTES,
@@ -210,8 +211,8 @@ def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
         databases = _scanner_databases(store, index, by_path)
         analyses = _analyse(conn, store, models, databases)
         bundle_id = "bnd_" + uuid.uuid4().hex[:12]
-        _record(conn, manifest, manifest_digest, src.name, bundle_id, signer, models, images,
-                analyses, databases)
+        _record(conn, store, manifest, manifest_digest, src.name, bundle_id, signer, models,
+                images, analyses, databases)
         return ImportResult(bundle_id=bundle_id, name=manifest.name, version=manifest.version,
                             models=[m[0].name for m in models], bytes_copied=need,
                             bytes_skipped=total - need, signed_by=signer,
@@ -378,8 +379,8 @@ def _models(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
     return found
 
 
-def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest: str,
-            source: str, bundle_id: str, signer: str | None,
+def _record(conn: sqlite3.Connection, store: BlobStore, manifest: BundleManifest,
+            manifest_digest: str, source: str, bundle_id: str, signer: str | None,
             models: list[tuple[ModelConfig, str, dict[str, str], int]],
             images: list[ImageRecord], analyses: list[dict[str, Any]],
             databases: dict[str, str]) -> None:
@@ -387,6 +388,8 @@ def _record(conn: sqlite3.Connection, manifest: BundleManifest, manifest_digest:
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
     try:
+        check_blobs_present(conn, store, [("sha256:" + f.sha256, f.size) for f in manifest.files
+                                          if f.path.startswith("blobs/")])
         conn.execute("INSERT INTO bundles (id, name, version, created, manifest_digest,"
                      " source_path, imported_at, signed_by) VALUES (?,?,?,?,?,?,?,?)",
                      (bundle_id, manifest.name, manifest.version, manifest.created,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from appliance.bundle.parts import DEFAULT_PART_SIZE, parse_size
@@ -82,6 +84,32 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     i.add_argument("--allow-unsigned", action="store_true",
                    help="import even without a signature by a trusted key")
     i.set_defaults(func=import_)
+
+    sh = bs.add_parser("show", help="what an imported bundle holds",
+                       description="A bundle's record, models, images and blobs (and how many "
+                       "of them other bundles share).")
+    add_common(sh)
+    sh.add_argument("bundle", help="bundle id, or name (the latest import of it)")
+    sh.set_defaults(func=show)
+
+    rm = bs.add_parser("remove", help="forget an imported bundle and free its blobs (audited)",
+                       description="Remove a bundle's models, images and blob references, "
+                       "then garbage-collect blobs no other bundle uses. A model version it "
+                       "brought that was active rolls back to the newest remaining version.")
+    add_common(rm)
+    rm.add_argument("bundle", help="bundle id, or name (the latest import of it)")
+    rm.add_argument("--keep-blobs", action="store_true",
+                    help="only forget the bundle; leave blob garbage collection for later")
+    rm.set_defaults(func=remove)
+
+    gc = bs.add_parser("gc", help="delete blobs no bundle references",
+                       description="Garbage-collect the content store: delete every blob no "
+                       "imported bundle references.")
+    add_common(gc)
+    gc.add_argument("--partials", action="store_true",
+                    help="also delete interrupted copies (an unfinished import then restarts "
+                    "from the beginning)")
+    gc.set_defaults(func=gc_)
 
     ls = bs.add_parser("list", help="list imported bundles",
                        description="List the bundles imported into this data directory.")
@@ -232,3 +260,71 @@ def list_(args: argparse.Namespace) -> int:
                          for d in data])
         return 0
     return run_with_store(args, body)
+
+
+def _with_conn(args: argparse.Namespace, body: Callable[[sqlite3.Connection, Path], int]
+               ) -> int:
+    from appliance.store.state import open_sync
+
+    try:
+        data = settings_from(args).data_path
+        conn = open_sync(data)
+        try:
+            return body(conn, data)
+        finally:
+            conn.close()
+    except ApplianceError as exc:
+        return fail(exc.message, 2 if exc.status == 400 else 1)
+
+
+def show(args: argparse.Namespace) -> int:
+    from appliance.bundle.manage import bundle_details
+
+    def body(conn: sqlite3.Connection, data: Path) -> int:
+        d = bundle_details(conn, args.bundle)
+        if args.json:
+            print_json(d)
+            return 0
+        print(f"bundle {d['name']} {d['version']} ({d['id']}), created {d['created']}, "
+              f"signed by {d['signed_by'] or 'nobody (imported unsigned)'}")
+        print(f"  from {d['source_path']}")
+        for m in d["models"]:
+            print(f"  model {m['name']} {m['version']} ({m['task']}, {m['format']}, "
+                  f"{m['size'] / 1e6:.1f} MB){' active' if m['active'] else ''}")
+        for image in d["images"]:
+            print(f"  image {image}")
+        print(f"  {d['blobs']} blobs, {d['bytes'] / 1e6:.1f} MB; {d['shared_blobs']} shared with "
+              f"other bundles; {d['bytes_only_here'] / 1e6:.1f} MB freed by removing it")
+        return 0
+    return _with_conn(args, body)
+
+
+def remove(args: argparse.Namespace) -> int:
+    from appliance.bundle.manage import collect_garbage, data_blob_store, remove_bundle
+    from appliance.store.audit import cli_actor
+
+    def body(conn: sqlite3.Connection, data: Path) -> int:
+        bid = remove_bundle(conn, args.bundle, actor=cli_actor())
+        gc = None if args.keep_blobs else collect_garbage(conn, data_blob_store(data))
+        if args.json:
+            print_json({"removed": bid, "gc": gc})
+        else:
+            freed = f"; {gc.blobs_removed} blobs ({gc.bytes_freed / 1e6:.1f} MB) deleted" \
+                if gc else ""
+            print(f"bundle {bid} removed{freed}")
+        return 0
+    return _with_conn(args, body)
+
+
+def gc_(args: argparse.Namespace) -> int:
+    from appliance.bundle.manage import collect_garbage, data_blob_store
+
+    def body(conn: sqlite3.Connection, data: Path) -> int:
+        gc = collect_garbage(conn, data_blob_store(data), partials=args.partials)
+        if args.json:
+            print_json(gc)
+        else:
+            print(f"{gc.blobs_removed} unreferenced blobs deleted, {gc.bytes_freed / 1e6:.1f} MB "
+                  f"freed; {gc.partials_removed} partial copies deleted")
+        return 0
+    return _with_conn(args, body)

@@ -66,7 +66,8 @@ def resign(bundle: Path, key: Ed25519PrivateKey, manifest: dict[str, Any] | None
     (bundle / "bundle.json.sig").write_bytes(sign_manifest(key, raw))
 
 
-def write_recipe(tmp_path: Path, extra: str = "", model: bytes = GGUF) -> Path:
+def write_recipe(tmp_path: Path, extra: str = "", model: bytes = GGUF,
+                 version: str = "1.0.0") -> Path:
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)
     (src / "tiny.gguf").write_bytes(model)
@@ -74,7 +75,7 @@ def write_recipe(tmp_path: Path, extra: str = "", model: bytes = GGUF) -> Path:
     recipe = tmp_path / "r.toml"
     recipe.write_text(f"""
 name = "site-starter"
-version = "1.0.0"
+version = "{version}"
 
 [[models]]
 name = "my-local-model"
@@ -97,11 +98,11 @@ def make_bundle(tmp_path: Path, signing_key: Ed25519PrivateKey) -> MakeBundle:
     count = 0
 
     def make(*, sign: bool = True, part_size: int = 0, extra: str = "",
-             model: bytes = GGUF) -> Path:
+             model: bytes = GGUF, version: str = "1.0.0") -> Path:
         nonlocal count
         count += 1
         out = tmp_path / "usb" / f"bundle{count}"
-        create_bundle(load_recipe(write_recipe(tmp_path, extra, model)), out,
+        create_bundle(load_recipe(write_recipe(tmp_path, extra, model, version)), out,
                       sign_key=signing_key if sign else None, part_size=part_size)
         return out
     return make
