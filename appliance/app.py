@@ -248,7 +248,7 @@ def build_app(settings: Settings) -> web.Application:
     except ImportError:  # pragma: no cover - simulator not built in
         pass
     else:
-        add_sim_routes(app)
+        add_sim_routes(app, lambda: services.store)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

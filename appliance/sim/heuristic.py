@@ -47,8 +47,29 @@ ENGINE_PROFILES: dict[str, EngineProfile] = {
     "llamacpp": EngineProfile(0.60, 0.30, 1.5, 0.05, 0.5, 0.95, 2048, tensor_parallel=False),
 }
 
-#: How much of a vendor's peak today's engines reach, relative to NVIDIA's CUDA stacks.
-VENDOR_EFF: dict[str, float] = {"nvidia": 1.0, "amd": 0.8, "intel": 0.9}
+
+class VendorFactor(msgspec.Struct, frozen=True):
+    """Efficiency of a vendor's software stack relative to CUDA (engine profiles are CUDA's)."""
+
+    bandwidth: float
+    compute: float
+
+
+#: Priors from published comparisons, not fitted to the training data (docs/simulator.md,
+#: "Efficiency priors", gives the source of each):
+#: - amd: ROCm builds of the engines reach less of the paper peak than CUDA ones; 0.8 is the
+#:   middle of the published range (tuned containers match or beat H100 in memory-bound decode,
+#:   untuned GEMMs are several times slower);
+#: - intel (Gaudi): graph-compiled HPU stacks; Databricks measured 8 x Gaudi2 matching
+#:   8 x H100 in Llama-2-70B decode latency with 2.45 vs 3.35 TB/s, i.e. ~1.3x the bandwidth
+#:   utilisation of the CUDA stack; compute stays at the previous 0.9 (no public comparison).
+VENDOR_EFF: dict[str, VendorFactor] = {
+    "nvidia": VendorFactor(1.0, 1.0),
+    "amd": VendorFactor(0.8, 0.8),
+    "intel": VendorFactor(1.3, 0.9),
+}
+#: Vendors not in the table (new accelerators) get a cautious factor.
+UNKNOWN_VENDOR = VendorFactor(0.7, 0.7)
 
 #: Fixed latency of one collective (launch + synchronisation), seconds.
 COLLECTIVE_LATENCY_S = {"nvlink": 10e-6, "other": 25e-6}
@@ -113,8 +134,9 @@ def memory_per_gpu(
 
 def _efficiency(dep: Deployment, gpu: GpuSpec) -> tuple[float, float]:
     profile = ENGINE_PROFILES[dep.engine]
-    vendor = VENDOR_EFF.get(gpu.vendor, 0.7)
-    return profile.bandwidth_eff * vendor, profile.compute_eff * vendor
+    vendor = VENDOR_EFF.get(gpu.vendor, UNKNOWN_VENDOR)
+    # no stack reaches more than 90 % of the paper bandwidth in decode
+    return min(0.9, profile.bandwidth_eff * vendor.bandwidth), profile.compute_eff * vendor.compute
 
 
 def _allreduce_s(n_bytes: float, tp: int, gpu: GpuSpec) -> float:
@@ -170,10 +192,26 @@ def prefill_s(shape: ModelShape, dep: Deployment, gpu: GpuSpec, batch: int, toke
     return max(compute, mem) + comm + hop + passes * profile.step_overhead_ms / 1e3
 
 
-def decode_step_s(
+class StepParts(msgspec.Struct, frozen=True):
+    """The terms of one decode step, seconds (the step is max(memory, compute) + the rest)."""
+
+    memory_s: float
+    compute_s: float
+    comm_s: float
+    overhead_s: float
+    #: Bytes one GPU reads and FLOPs it runs per step (before efficiencies).
+    bytes_per_gpu: float
+    flops_per_gpu: float
+
+    @property
+    def total_s(self) -> float:
+        return max(self.memory_s, self.compute_s) + self.comm_s + self.overhead_s
+
+
+def decode_parts(
     shape: ModelShape, dep: Deployment, gpu: GpuSpec, batch: int, context: float
-) -> float:
-    """Time of one decode step for ``batch`` sequences holding ``context`` tokens each."""
+) -> StepParts:
+    """The terms of one decode step for ``batch`` sequences holding ``context`` tokens each."""
     profile = ENGINE_PROFILES[dep.engine]
     tp, pp = layout(dep, profile)
     bw_eff, flop_eff = _efficiency(dep, gpu)
@@ -187,14 +225,25 @@ def decode_step_s(
         * shape.kv_bytes_per_token(kv_bytes_per_element(dep.dtype))
         * kv_heads_share(shape, tp)
     )
-    memory = (w_bytes + kv_bytes) / bandwidth
     attn_dim = shape.num_heads * shape.head_dim
     flops = 2.0 * shape.params_active * batch + 4.0 * shape.num_layers * batch * context * attn_dim
-    compute = flops / (tp * gpu.peak_tflops(dep.dtype) * 1e12 * flop_eff)
     comm = shape.num_layers * 2 * _allreduce_s(batch * shape.hidden_size * 2.0, tp, gpu)
     hop = (pp - 1) * 30e-6
-    overhead = (profile.step_overhead_ms + profile.per_seq_overhead_ms * batch) / 1e3
-    return max(memory, compute) + comm + hop + overhead
+    return StepParts(
+        memory_s=(w_bytes + kv_bytes) / bandwidth,
+        compute_s=flops / (tp * gpu.peak_tflops(dep.dtype) * 1e12 * flop_eff),
+        comm_s=comm + hop,
+        overhead_s=(profile.step_overhead_ms + profile.per_seq_overhead_ms * batch) / 1e3,
+        bytes_per_gpu=w_bytes + kv_bytes,
+        flops_per_gpu=flops / tp,
+    )
+
+
+def decode_step_s(
+    shape: ModelShape, dep: Deployment, gpu: GpuSpec, batch: int, context: float
+) -> float:
+    """Time of one decode step for ``batch`` sequences holding ``context`` tokens each."""
+    return decode_parts(shape, dep, gpu, batch, context).total_s
 
 
 class Latency(msgspec.Struct, frozen=True):
@@ -204,15 +253,37 @@ class Latency(msgspec.Struct, frozen=True):
     tpot_s: float
     e2e_s: float
     floor_s: float
+    #: Rounds the batch runs in when its KV cache does not fit at once (1 when it fits).
+    waves: int = 1
+
+
+def kv_waves(shape: ModelShape, dep: Deployment, gpu: GpuSpec, work: Workload, batch: int) -> int:
+    """Rounds a static batch needs when the KV cache of all its requests does not fit.
+
+    Engines admit only the requests whose KV blocks fit and start the rest as others finish,
+    so a batch of B with room for C runs in ceil(B / C) rounds. 1 when the weights do not fit
+    (there is no run to model) or when everything fits.
+    """
+    cap = memory_per_gpu(shape, dep, work, gpu, 1).max_concurrency
+    if cap <= 0 or batch <= cap:
+        return 1
+    return math.ceil(batch / cap)
 
 
 def latency(
     shape: ModelShape, dep: Deployment, gpu: GpuSpec, work: Workload, batch: int
 ) -> Latency:
-    """TTFT, mean TPOT and end-to-end time of ``batch`` requests on one replica."""
-    ttft = prefill_s(shape, dep, gpu, batch, work.input_tokens)
-    floor = tpot_floor_s(shape, dep, gpu, batch)
+    """TTFT, mean TPOT and end-to-end time of ``batch`` requests on one replica.
+
+    When the batch's KV cache does not fit it runs in rounds of equal size: TTFT and TPOT
+    are those of one round, the end-to-end time that of all rounds back to back.
+    """
+    waves = kv_waves(shape, dep, gpu, work, batch)
+    per_wave = math.ceil(batch / waves)
+    ttft = prefill_s(shape, dep, gpu, per_wave, work.input_tokens)
+    floor = tpot_floor_s(shape, dep, gpu, per_wave)
     steps = max(0, work.output_tokens - 1)
     mean_ctx = work.input_tokens + work.output_tokens / 2.0
-    tpot = max(decode_step_s(shape, dep, gpu, batch, mean_ctx), floor)
-    return Latency(ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + steps * tpot, floor_s=floor)
+    tpot = max(decode_step_s(shape, dep, gpu, per_wave, mean_ctx), floor)
+    e2e = (ttft + steps * tpot) * waves
+    return Latency(ttft_s=ttft, tpot_s=tpot, e2e_s=e2e, floor_s=floor, waves=waves)

@@ -1,10 +1,20 @@
-"""HTTP surface of the simulator: ``POST /api/sim/predict`` and ``POST /api/sim/recommend``."""
+"""HTTP surface of the simulator.
+
+``POST /api/sim/predict`` and ``POST /api/sim/recommend`` answer and record each run (header
+``X-Sim-Run-Id``); ``GET /api/sim/runs`` lists recorded runs and ``GET /api/sim/runs/{id}``
+returns one with its full request and result.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+import logging
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
@@ -12,6 +22,16 @@ from aiohttp import web
 from appliance.sim.errors import SimInputError
 from appliance.sim.service import Simulator, default_simulator, predict, recommend
 from appliance.sim.structs import Deployment, Slo, Workload
+
+if TYPE_CHECKING:
+    from appliance.store.state import StateStore
+
+log = logging.getLogger(__name__)
+#: The state store keeps the newest this many runs.
+MAX_STORED_RUNS = 10_000
+#: Most runs one ``GET /api/sim/runs`` returns.
+MAX_LIST = 500
+RUN_ID_HEADER = "X-Sim-Run-Id"
 
 
 class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -52,16 +72,166 @@ class RecommendRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class SimRun(msgspec.Struct, frozen=True):
-    """One answered request, kept so runs can be compared (the store records them later)."""
+    """One answered request, recorded so runs can be compared later."""
 
+    id: str
     kind: str
+    created_at: float
+    model: str
+    method: str
+    #: Version of the regressor artefact loaded when the run was answered ("" without one).
+    artefact: str
     request: dict[str, Any]
     result: dict[str, Any]
 
 
+def summarize(run: SimRun) -> dict[str, Any]:
+    """The few numbers that identify a run in a listing (the full result is under its id)."""
+    out: dict[str, Any] = {
+        "id": run.id,
+        "kind": run.kind,
+        "created_at": run.created_at,
+        "model": run.model,
+        "method": run.method,
+        "artefact": run.artefact,
+        "request": run.request,
+    }
+    res = run.result
+    if run.kind == "predict":
+        keys = ("ttft_ms", "tpot_ms", "e2e_s", "output_tokens_per_s", "memory_gib_per_gpu", "fits")
+        out["summary"] = {k: res.get(k) for k in keys}
+    else:
+        cands = res.get("candidates") or []
+        out["summary"] = {
+            "feasible": res.get("feasible"),
+            "evaluated": res.get("evaluated"),
+            "top": cands[0] if cands else None,
+        }
+    return out
+
+
+#: Returns the app's state store, or None where there is none (bare apps, unit tests).
+StoreGetter = Callable[[], "StateStore | None"]
+
+
+class RunLog:
+    """Where runs go: the state store's ``sim_runs`` table, or memory when there is no store.
+
+    A run whose write fails (store not open yet, database locked past its timeout) is kept in
+    memory instead, so answering never depends on recording; reads look in both places.
+    """
+
+    def __init__(self, store_getter: StoreGetter | None = None, max_memory: int = 1000) -> None:
+        self._store_getter = store_getter
+        self._memory: list[SimRun] = []
+        self._max_memory = max_memory
+
+    @property
+    def memory(self) -> list[SimRun]:
+        """Runs held in memory (all of them when there is no store)."""
+        return self._memory
+
+    def _store(self) -> StateStore | None:
+        return self._store_getter() if self._store_getter is not None else None
+
+    async def add(self, run: SimRun) -> None:
+        """Record ``run``; prune the store to the newest ``MAX_STORED_RUNS``."""
+        store = self._store()
+        if store is not None:
+            try:
+                async with store.transaction() as conn:
+                    await conn.execute(
+                        "INSERT INTO sim_runs (id, kind, created_at, model, method, artefact,"
+                        " request, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            run.id,
+                            run.kind,
+                            run.created_at,
+                            run.model,
+                            run.method,
+                            run.artefact,
+                            msgspec.json.encode(run.request).decode(),
+                            msgspec.json.encode(run.result).decode(),
+                        ),
+                    )
+                    await conn.execute(
+                        "DELETE FROM sim_runs WHERE id IN (SELECT id FROM sim_runs"
+                        " ORDER BY created_at DESC, id DESC LIMIT -1 OFFSET ?)",
+                        (MAX_STORED_RUNS,),
+                    )
+                return
+            except (RuntimeError, sqlite3.Error) as exc:
+                log.warning("sim run %s kept in memory only: %s", run.id, exc)
+        self._memory.append(run)
+        del self._memory[: -self._max_memory]
+
+    async def _stored(self, where: str, params: list[Any], limit: int) -> list[SimRun]:
+        store = self._store()
+        if store is None:
+            return []
+        try:
+            rows = await store.fetchall(
+                "SELECT id, kind, created_at, model, method, artefact, request, result"
+                f" FROM sim_runs{where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                [*params, limit],
+            )
+        except (RuntimeError, sqlite3.Error) as exc:
+            log.warning("sim runs unreadable from the state store: %s", exc)
+            return []
+        return [
+            SimRun(
+                id=r["id"],
+                kind=r["kind"],
+                created_at=r["created_at"],
+                model=r["model"],
+                method=r["method"],
+                artefact=r["artefact"],
+                request=msgspec.json.decode(r["request"]),
+                result=msgspec.json.decode(r["result"]),
+            )
+            for r in rows
+        ]
+
+    async def list(
+        self,
+        *,
+        kind: str | None = None,
+        model: str | None = None,
+        before: float | None = None,
+        limit: int = 50,
+    ) -> list[SimRun]:
+        """Newest first, optionally filtered by kind, model and ``created_at < before``."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, value in (("kind", kind), ("model", model)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if before is not None:
+            clauses.append("created_at < ?")
+            params.append(before)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        found = await self._stored(where, params, limit)
+        found += [
+            r
+            for r in self._memory
+            if (kind is None or r.kind == kind)
+            and (model is None or r.model == model)
+            and (before is None or r.created_at < before)
+        ]
+        found.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return found[:limit]
+
+    async def get(self, run_id: str) -> SimRun | None:
+        """The run with this id, or None."""
+        found = await self._stored(" WHERE id = ?", [run_id], 1)
+        if found:
+            return found[0]
+        return next((r for r in self._memory if r.id == run_id), None)
+
+
 SIMULATOR_KEY = web.AppKey("sim_simulator", Simulator)
-RUNS_KEY = web.AppKey("sim_runs", list[SimRun])
-MAX_RUNS = 1000
+RUNS_KEY = web.AppKey("sim_runs", RunLog)
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -124,10 +294,22 @@ async def _handle(request: web.Request, kind: str, body_type: type[Any], run: An
     except msgspec.ValidationError as exc:
         return _error(400, "invalid_request", str(exc))
     runs = request.app.get(RUNS_KEY)
+    headers: dict[str, str] = {}
     if runs is not None:
-        runs.append(SimRun(kind, msgspec.to_builtins(body), msgspec.json.decode(result)))
-        del runs[:-MAX_RUNS]
-    return web.Response(body=result, content_type="application/json")
+        decoded: dict[str, Any] = msgspec.json.decode(result)
+        run = SimRun(
+            id=uuid.uuid4().hex,
+            kind=kind,
+            created_at=time.time(),
+            model=str(decoded.get("model", body.model)),
+            method=str(decoded.get("method", "")),
+            artefact=sim.corrector.meta.version if sim.corrector is not None else "",
+            request=msgspec.to_builtins(body),
+            result=decoded,
+        )
+        await runs.add(run)
+        headers[RUN_ID_HEADER] = run.id
+    return web.Response(body=result, content_type="application/json", headers=headers)
 
 
 async def predict_view(request: web.Request) -> web.Response:
@@ -140,9 +322,45 @@ async def recommend_view(request: web.Request) -> web.Response:
     return await _handle(request, "recommend", RecommendRequest, _run_recommend)
 
 
-def add_routes(app: web.Application) -> None:
-    """Register the simulator's routes (and an in-memory run log) on ``app``."""
+async def runs_view(request: web.Request) -> web.Response:
+    """``GET /api/sim/runs?kind=&model=&before=&limit=``: recorded runs, newest first."""
+    q = request.query
+    kind = q.get("kind")
+    if kind is not None and kind not in ("predict", "recommend"):
+        return _error(400, "invalid_request", "kind must be predict or recommend")
+    try:
+        limit = int(q.get("limit", "50"))
+        before = float(q["before"]) if "before" in q else None
+    except ValueError:
+        return _error(400, "invalid_request", "limit must be an integer and before a number")
+    limit = max(1, min(limit, MAX_LIST))
+    runs = await request.app[RUNS_KEY].list(
+        kind=kind, model=q.get("model"), before=before, limit=limit
+    )
+    return web.json_response({"runs": [summarize(r) for r in runs]}, dumps=_dumps)
+
+
+async def run_view(request: web.Request) -> web.Response:
+    """``GET /api/sim/runs/{id}``: one recorded run with its full request and result."""
+    run = await request.app[RUNS_KEY].get(request.match_info["id"])
+    if run is None:
+        return _error(404, "not_found", f"no simulator run {request.match_info['id']!r}")
+    return web.Response(body=msgspec.json.encode(run), content_type="application/json")
+
+
+def _dumps(obj: Any) -> str:
+    return msgspec.json.encode(obj).decode()
+
+
+def add_routes(app: web.Application, store_getter: StoreGetter | None = None) -> None:
+    """Register the simulator's routes and its run log on ``app``.
+
+    ``store_getter`` returns the app's ``StateStore`` (runs go to its ``sim_runs`` table) or
+    ``None``; without one, runs are kept in memory (the newest 1000).
+    """
     if RUNS_KEY not in app:
-        app[RUNS_KEY] = []
+        app[RUNS_KEY] = RunLog(store_getter)
     app.router.add_post("/api/sim/predict", predict_view)
     app.router.add_post("/api/sim/recommend", recommend_view)
+    app.router.add_get("/api/sim/runs", runs_view)
+    app.router.add_get("/api/sim/runs/{id}", run_view)

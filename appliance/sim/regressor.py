@@ -9,6 +9,7 @@ batch's end-to-end time and one for its time to first token.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from appliance.sim.heuristic import Latency, touched_weight_bytes
 from appliance.sim.shapes import ModelShape
 from appliance.sim.structs import Deployment, Workload
 
-ARTEFACT_VERSION = "v1"
+ARTEFACT_VERSION = "v2"
 DATA_DIR = Path(__file__).parent / "data"
 #: Corrections are clamped to a factor of e^±2 so a bad extrapolation cannot run away.
 MAX_LOG_CORRECTION = 2.0
 
+#: GPU-agnostic features only: no vendor, bandwidth or peak figures, so the shared correction
+#: cannot memorise one GPU's software stack (per-GPU offsets in the metadata take that part).
 FEATURES = (
     "log_heur_e2e",
     "log_heur_ttft",
@@ -37,32 +40,27 @@ FEATURES = (
     "log_params_active",
     "is_moe",
     "kv_to_weight_bytes",
-    "log_bandwidth",
-    "log_tflops",
-    "log_interconnect",
-    "vendor_nvidia",
-    "vendor_amd",
-    "vendor_intel",
     "engine_vllm",
     "engine_trtllm",
     "engine_llamacpp",
     "engine_deepspeed",
 )
+#: The correction may only grow with batch (per-sequence costs the roofline leaves out).
+MONOTONE_INCREASING = ("log_batch",)
 TTFT_FEATURES = (
     "log_heur_ttft",
     "log_batch",
     "log_input",
     "tp",
     "log_params_active",
-    "log_tflops",
-    "vendor_nvidia",
-    "vendor_amd",
-    "vendor_intel",
     "engine_vllm",
     "engine_trtllm",
     "engine_llamacpp",
     "engine_deepspeed",
 )
+#: Largest batch measured on more than one GPU type (only MI300X ran 128 and 256): beyond it
+#: the shared correction would carry one GPU's behaviour to all, so the feature stops there.
+BATCH_FEATURE_CAP = 64
 # Engines without measurements borrow the closest measured engine's behaviour.
 _ENGINE_FAMILY = {"sglang": "vllm", "tgi": "vllm"}
 
@@ -76,6 +74,9 @@ class CorrectorMeta(msgspec.Struct, frozen=True):
     train_rows: int
     ttft_rows: int
     params: dict[str, float]
+    #: log(measured / corrected) particular to each measured GPU type (0 for others).
+    gpu_offsets: dict[str, float] = msgspec.field(default_factory=dict)
+    ttft_gpu_offsets: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 def feature_row(
@@ -83,15 +84,16 @@ def feature_row(
 ) -> dict[str, float]:
     """Named features of one replica running ``batch`` requests."""
     engine = _ENGINE_FAMILY.get(dep.engine, dep.engine)
-    w_bytes = touched_weight_bytes(shape, dep.dtype, batch)
+    per_wave = math.ceil(batch / max(1, lat.waves))
+    w_bytes = touched_weight_bytes(shape, dep.dtype, per_wave)
     ctx = work.input_tokens + work.output_tokens / 2.0
-    kv_bytes = batch * ctx * shape.kv_bytes_per_token(2.0)
+    kv_bytes = per_wave * ctx * shape.kv_bytes_per_token(2.0)
     return {
         "log_heur_e2e": math.log(lat.e2e_s),
         "log_heur_ttft": math.log(lat.ttft_s),
         "log_heur_tpot": math.log(lat.tpot_s),
-        "prefill_share": lat.ttft_s / lat.e2e_s,
-        "log_batch": math.log(batch),
+        "prefill_share": lat.ttft_s * lat.waves / lat.e2e_s,
+        "log_batch": math.log(min(batch, BATCH_FEATURE_CAP)),
         "log_input": math.log(work.input_tokens),
         "log_output": math.log(work.output_tokens),
         "tp": float(dep.tp),
@@ -99,13 +101,6 @@ def feature_row(
         "log_params_active": math.log(shape.params_active),
         "is_moe": float(shape.num_experts > 1),
         "kv_to_weight_bytes": kv_bytes / w_bytes,
-        "log_bandwidth": math.log(gpu.bandwidth_gbs),
-        # hardware identity at 16-bit: dtype effects stay with the heuristic (no fp8 training data)
-        "log_tflops": math.log(gpu.peak_tflops("bf16")),
-        "log_interconnect": math.log(gpu.interconnect_gbs),
-        "vendor_nvidia": float(gpu.vendor == "nvidia"),
-        "vendor_amd": float(gpu.vendor == "amd"),
-        "vendor_intel": float(gpu.vendor == "intel"),
         "engine_vllm": float(engine == "vllm"),
         "engine_trtllm": float(engine == "trtllm"),
         "engine_llamacpp": float(engine == "llamacpp"),
@@ -121,12 +116,22 @@ class Corrector:
         self._ttft = ttft_model
         self.meta = meta
 
-    def log_factors(self, rows: list[dict[str, float]]) -> list[tuple[float, float]]:
-        """(log TTFT factor, log e2e factor) per feature row, clamped."""
+    def log_factors(
+        self, rows: list[dict[str, float]], gpus: Sequence[str] | None = None
+    ) -> list[tuple[float, float]]:
+        """(log TTFT factor, log e2e factor) per feature row, clamped.
+
+        ``gpus`` names each row's GPU type so a measured type gets its own offset; without it
+        (or for a type never measured) only the shared correction applies.
+        """
         import numpy as np
 
         if not rows:
             return []
+        if gpus is None:
+            gpus = [""] * len(rows)
+        off_e2e = self.meta.gpu_offsets
+        off_ttft = self.meta.ttft_gpu_offsets
         full = np.array([[r[f] for f in self.meta.features] for r in rows], dtype=np.float32)
         ttft = np.array([[r[f] for f in self.meta.ttft_features] for r in rows], dtype=np.float32)
         # inplace_predict skips building a DMatrix: ~10x faster for a handful of rows
@@ -134,8 +139,11 @@ class Corrector:
         ttft_pred = self._ttft.inplace_predict(ttft, validate_features=False)
         lim = MAX_LOG_CORRECTION
         return [
-            (max(-lim, min(lim, float(t))), max(-lim, min(lim, float(e))))
-            for t, e in zip(ttft_pred, e2e_pred, strict=True)
+            (
+                max(-lim, min(lim, float(t) + off_ttft.get(g, 0.0))),
+                max(-lim, min(lim, float(e) + off_e2e.get(g, 0.0))),
+            )
+            for t, e, g in zip(ttft_pred, e2e_pred, gpus, strict=True)
         ]
 
 
@@ -167,7 +175,11 @@ def load_corrector(data_dir: Path = DATA_DIR, version: str = ARTEFACT_VERSION) -
 
 
 def apply_correction(lat: Latency, work: Workload, log_ttft: float, log_e2e: float) -> Latency:
-    """Corrected latencies: TTFT and e2e scaled, decode time split off, TPOT kept above floor."""
+    """Corrected latencies: TTFT and e2e scaled, decode time split off, TPOT kept above floor.
+
+    With several KV rounds (``lat.waves``) the e2e time is that many rounds of TTFT + decode.
+    """
+    waves = max(1, lat.waves)
     ttft = lat.ttft_s * math.exp(log_ttft)
     e2e = lat.e2e_s * math.exp(log_e2e)
     steps = work.output_tokens - 1
@@ -175,13 +187,21 @@ def apply_correction(lat: Latency, work: Workload, log_ttft: float, log_e2e: flo
         return Latency(
             ttft_s=ttft,
             tpot_s=max(lat.tpot_s * math.exp(log_e2e), lat.floor_s),
-            e2e_s=ttft,
+            e2e_s=ttft * waves,
             floor_s=lat.floor_s,
+            waves=waves,
         )
-    # the decode part of the corrected e2e; when TTFT's correction eats it, fall back to the
+    # the decode part of one corrected round; when TTFT's correction eats it, fall back to the
     # heuristic decode time scaled by the e2e factor
-    decode = e2e - ttft
-    if decode <= 0.2 * (lat.e2e_s - lat.ttft_s) * math.exp(log_e2e):
-        decode = (lat.e2e_s - lat.ttft_s) * math.exp(log_e2e)
+    heur_decode = (lat.e2e_s / waves - lat.ttft_s) * math.exp(log_e2e)
+    decode = e2e / waves - ttft
+    if decode <= 0.2 * heur_decode:
+        decode = heur_decode
     tpot = max(decode / steps, lat.floor_s)
-    return Latency(ttft_s=ttft, tpot_s=tpot, e2e_s=ttft + steps * tpot, floor_s=lat.floor_s)
+    return Latency(
+        ttft_s=ttft,
+        tpot_s=tpot,
+        e2e_s=(ttft + steps * tpot) * waves,
+        floor_s=lat.floor_s,
+        waves=waves,
+    )

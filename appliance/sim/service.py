@@ -61,7 +61,7 @@ class Simulator:
             feature_row(shape, d, g, w, b, lat)
             for (d, w, b), g, lat in zip(items, gpus, heur, strict=True)
         ]
-        factors = self.corrector.log_factors(rows)
+        factors = self.corrector.log_factors(rows, [dep.gpu for dep, _, _ in items])
         return [
             apply_correction(lat, w, ft, fe)
             for lat, (_, w, _), (ft, fe) in zip(heur, items, factors, strict=True)

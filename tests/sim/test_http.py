@@ -34,7 +34,8 @@ async def test_predict_route(client: TestClient[web.Request, web.Application]) -
     assert resp.status == 200
     body = await resp.json()
     assert body["fits"] and body["method"] == "heuristic" and body["tpot_ms"] > 0
-    assert client.app is not None and len(client.app[RUNS_KEY]) == 1
+    assert client.app is not None and len(client.app[RUNS_KEY].memory) == 1
+    assert resp.headers["X-Sim-Run-Id"] == client.app[RUNS_KEY].memory[0].id
 
 
 async def test_recommend_route(client: TestClient[web.Request, web.Application]) -> None:
