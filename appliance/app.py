@@ -27,6 +27,8 @@ from appliance.gateway.limits import RateLimiter
 from appliance.gateway.metering import Meter
 from appliance.gateway.proxy import Forwarder
 from appliance.gateway.routing import LocalEngines, Router, list_routes, list_upstreams, sync_config
+from appliance.identity import bootstrap as identity_bootstrap
+from appliance.identity.http import IDENTITY, Identity
 from appliance.kernel.tasks import TaskGroupOwner
 from appliance.models.registry import engine_spec, list_models
 from appliance.settings import Settings
@@ -73,6 +75,7 @@ class Services:
         self.starter_error = ""
         self.store = StateStore(self.data_dir)
         self.verifier = KeyVerifier(self.store, ttl=settings.auth.key_cache_ttl_s)
+        self.identity = Identity(self.store, settings, self.verifier)
         self.metrics = MetricsWriter(self.data_dir,
                                      flush_interval_s=settings.metrics.flush_interval_s)
         self.forwarder = Forwarder(settings.gateway)
@@ -179,6 +182,12 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     await s.store.close()
 
 
+async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    s = app[SERVICES]
+    await identity_bootstrap.prepare(s.store, s.settings)
+    yield
+
+
 async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SERVICES]
     await asyncio.to_thread(s.metrics.start)
@@ -234,10 +243,11 @@ def build_app(settings: Settings) -> web.Application:
     auth = settings.auth.required
     app = web.Application(
         client_max_size=settings.server.max_body_bytes,
-        middlewares=[openai_errors, ControlApi.middleware(services.verifier, auth)],
+        middlewares=[openai_errors, ControlApi.middleware(services.identity.authorize)],
         handler_args={"max_field_size": 16384},
     )
     app[SERVICES] = services
+    app[IDENTITY] = services.identity
     GatewayViews(router=services.router, forwarder=services.forwarder,
                  verifier=services.verifier, limiter=services.limiter, meter=services.meter,
                  auth_required=auth).add_routes(app)
@@ -252,5 +262,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
-    app.cleanup_ctx.extend([_state_ctx, _metrics_ctx, _engines_ctx, _gateway_ctx])
+    app.cleanup_ctx.extend([_state_ctx, _identity_ctx, _metrics_ctx, _engines_ctx, _gateway_ctx])
     return app

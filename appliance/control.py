@@ -1,7 +1,8 @@
 """The control API, /api/*: keys, routes, upstreams, models, engines, usage, bundles.
 
 JSON in and out; every failure is ``{"error": {"code", "message"}}`` with a fitting status.
-Callers authenticate with an API key whose role is ``admin`` (or none when auth is off).
+Callers authenticate with a session cookie or an API key; every route needs the permission
+that ``appliance.identity.rbac`` names for it (routes missing from that table are refused).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from aiohttp import web
 from appliance.bundle.importer import check_bundle_dir, import_bundle
 from appliance.gateway import keys as keys_api
 from appliance.gateway import routing
-from appliance.gateway.keys import KeyVerifier
-from appliance.kernel.errors import ApplianceError, BadRequest, Forbidden
+from appliance.identity.http import principal_of, source_address
+from appliance.kernel.errors import ApplianceError, BadRequest, NotFound
 from appliance.models.registry import list_models
 from appliance.telemetry.usage import parse_window, usage_query
 
@@ -46,6 +47,9 @@ class NewKey(msgspec.Struct, forbid_unknown_fields=True):
     tpm: int | None = None
     role: str = "inference"
     expires_in_s: float | None = None
+    allowed_ips: list[str] = []
+    tokens_per_day: int | None = None
+    tokens_per_month: int | None = None
 
 
 class ImportRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -83,19 +87,19 @@ class ControlApi:
         add("GET", "/api/models", self.models)
         add("GET", "/api/engines", self.engines)
         add("GET", "/api/usage", self.usage)
+        add("POST", "/api/keys/{id}/rotate", self.rotate_key)
         add("POST", "/api/bundles/import", self.import_bundle)
+        self.s.identity.add_routes(app, add)
 
     @staticmethod
-    def middleware(verifier: KeyVerifier, auth_required: bool) -> Any:
+    def middleware(authorize: Callable[[web.Request], Awaitable[None]]) -> Any:
+        """Errors as one envelope; ``authorize`` (identity) checks the permission table."""
         @web.middleware
         async def control_api(request: web.Request, handler: Handler) -> web.StreamResponse:
             if not request.path.startswith("/api/"):
                 return await handler(request)
             try:
-                if auth_required and request.path != "/api/openapi.json":
-                    key = await verifier.verify(request.headers.get("Authorization"))
-                    if key.role != "admin":
-                        raise Forbidden("the control API needs a key with the admin role")
+                await authorize(request)
                 return await handler(request)
             except ApplianceError as exc:
                 return api_error(exc)
@@ -126,33 +130,64 @@ class ControlApi:
         return json_response({
             "openapi": "3.1.0",
             "info": {"title": "Foundry Appliance control API", "version": "1"},
-            "components": {"securitySchemes": {"bearer": {"type": "http",
-                                                          "scheme": "bearer"}}},
-            "security": [{"bearer": []}], "paths": paths})
+            "components": {"securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "session": {"type": "apiKey", "in": "cookie", "name": "fa_session"}}},
+            "security": [{"bearer": []}, {"session": []}], "paths": paths})
 
     async def status(self, request: web.Request) -> web.Response:
         """Readiness, engines and versions in one object."""
         return json_response(self.s.status())
 
     async def list_keys(self, request: web.Request) -> web.Response:
-        """API keys (never their secrets)."""
+        """API keys of the projects the caller may see (never their secrets)."""
         revoked = request.query.get("include_revoked") in ("1", "true")
-        return json_response(await keys_api.list_keys(self.s.store, include_revoked=revoked))
+        allowed = principal_of(request).project_ids("keys.read")
+        found = await keys_api.list_keys(self.s.store, include_revoked=revoked)
+        return json_response([k for k in found if allowed is None or k.project_id in allowed])
+
+    async def _own_key(self, request: web.Request) -> keys_api.ApiKey:
+        """The key named in the path, or 404 when it belongs to a project the caller can't
+        manage (a foreign key looks like no key)."""
+        key = await keys_api.get_key(self.s.store, request.match_info["id"])
+        if not principal_of(request).can("keys.write", key.project_id):
+            raise NotFound(f"no API key {key.id!r}", param="id", code="key_not_found")
+        return key
 
     async def create_key(self, request: web.Request) -> web.Response:
-        """Create an API key; the secret is in this response only."""
+        """Create an API key in a project; the secret is in this response only."""
         body: NewKey = await self._body(request, NewKey)
+        principal = principal_of(request)
+        if not principal.can("keys.write", body.project_id):
+            raise NotFound(f"no project {body.project_id!r}", param="project_id",
+                           code="project_not_found")
+        if body.role == "admin" and not principal.has("users.write"):
+            raise BadRequest("only an administrator may create admin keys", param="role")
         expires = time.time() + body.expires_in_s if body.expires_in_s else None
         created = await keys_api.create_key(
             self.s.store, name=body.name, project_id=body.project_id, models=body.models,
-            rpm=body.rpm, tpm=body.tpm, role=body.role, expires_at=expires)
+            rpm=body.rpm, tpm=body.tpm, role=body.role, expires_at=expires,
+            allowed_ips=body.allowed_ips, tokens_per_day=body.tokens_per_day,
+            tokens_per_month=body.tokens_per_month, actor=principal.name,
+            source_address=source_address(request))
         return json_response(created, status=201)
 
     async def revoke_key(self, request: web.Request) -> web.Response:
         """Revoke an API key (takes effect at once)."""
-        key = await keys_api.revoke_key(self.s.store, request.match_info["id"])
+        own = await self._own_key(request)
+        key = await keys_api.revoke_key(self.s.store, own.id, actor=principal_of(request).name,
+                                        source_address=source_address(request))
         self.s.verifier.invalidate()
         return json_response(key)
+
+    async def rotate_key(self, request: web.Request) -> web.Response:
+        """Give a key a new secret (same id and options); the old secret stops at once."""
+        own = await self._own_key(request)
+        created = await keys_api.rotate_key(self.s.store, own.id,
+                                            actor=principal_of(request).name,
+                                            source_address=source_address(request))
+        self.s.verifier.invalidate()
+        return json_response(created)
 
     async def list_upstreams(self, request: web.Request) -> web.Response:
         """Upstreams with health and breaker state (keys hidden)."""

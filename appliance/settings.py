@@ -17,7 +17,8 @@ from appliance.kernel.errors import ConfigError
 
 ENV_PREFIX = "APPLIANCE_"
 # Environment variables with the prefix that are not settings.
-ENV_NOT_SETTINGS = {"APPLIANCE_CONFIG", "APPLIANCE_ENGINE_TOKEN"}
+ENV_NOT_SETTINGS = {"APPLIANCE_CONFIG", "APPLIANCE_ENGINE_TOKEN", "APPLIANCE_ADMIN_PASSWORD",
+                    "APPLIANCE_MASTER_KEY", "APPLIANCE_MASTER_PASSPHRASE"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -73,6 +74,62 @@ class MetricsSettings(_Section, frozen=True):
     retention_days: int = 90
 
 
+class LdapSettings(_Section, frozen=True):
+    """Sign-in against LDAP / Active Directory: search the user, bind as them, map groups."""
+
+    enabled: bool = False
+    url: str = ""  # ldap://host:389 or ldaps://host:636
+    start_tls: bool = False
+    ca_file: str = ""
+    bind_dn: str = ""  # service account for the search; empty = anonymous search
+    bind_password_env: str = ""  # the service account's password comes from this variable
+    user_base: str = ""
+    user_filter: str = "(uid={username})"  # sAMAccountName={username} for AD
+    group_base: str = ""
+    group_filter: str = "(|(member={dn})(uniqueMember={dn}))"
+    group_name_attribute: str = "cn"
+    role_map: dict[str, str] = {}  # group name -> admin|operator|developer|viewer
+    default_role: str = ""  # role of users in no mapped group; empty = refuse them
+    timeout_s: float = 5.0
+
+
+class OidcSettings(_Section, frozen=True):
+    """Sign-in with OpenID Connect (authorization code + PKCE), e.g. Keycloak."""
+
+    enabled: bool = False
+    issuer: str = ""
+    client_id: str = ""
+    client_secret_env: str = ""  # confidential clients: the secret comes from this variable
+    redirect_uri: str = ""  # https://appliance.example/api/auth/oidc/callback
+    scopes: list[str] = msgspec.field(default_factory=lambda: ["openid", "profile", "email"])
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    role_map: dict[str, str] = {}
+    default_role: str = ""
+    ca_file: str = ""
+    timeout_s: float = 10.0
+
+
+class IdentitySettings(_Section, frozen=True):
+    session_idle_s: float = 1800.0
+    session_absolute_s: float = 12 * 3600.0
+    lockout_failures: int = 5  # failed sign-ins in a row before the account locks
+    lockout_s: float = 900.0
+    address_failures: int = 20  # failed sign-ins from one address within the window
+    address_window_s: float = 300.0
+    admin_username: str = "admin"
+    ldap: LdapSettings = LdapSettings()
+    oidc: OidcSettings = OidcSettings()
+
+
+class TlsSettings(_Section, frozen=True):
+    enabled: bool = False
+    cert_file: str = ""  # given certificate chain (PEM); empty = the site CA issues one
+    key_file: str = ""
+    hostnames: list[str] = []  # extra names for the generated server certificate
+    min_version: Literal["1.2", "1.3"] = "1.3"
+
+
 class UpstreamSettings(_Section, frozen=True, kw_only=True):
     name: str
     kind: Literal["openai", "anthropic"] = "openai"
@@ -108,6 +165,8 @@ class Settings(_Section, frozen=True):
     engine: EngineSettings = EngineSettings()
     gateway: GatewaySettings = GatewaySettings()
     metrics: MetricsSettings = MetricsSettings()
+    identity: IdentitySettings = IdentitySettings()
+    tls: TlsSettings = TlsSettings()
     upstreams: list[UpstreamSettings] = []
     routes: list[RouteSettings] = []
 

@@ -20,8 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from appliance.identity import audit
 from appliance.kernel.errors import ApplianceError, BadRequest
-from appliance.store import audit
 
 SIGNATURE_FILE = "bundle.json.sig"
 ALGORITHM = "ed25519"

@@ -197,7 +197,7 @@ def verify(args: argparse.Namespace) -> int:
 
 
 def trust(args: argparse.Namespace) -> int:
-    from appliance.store.audit import cli_actor
+    from appliance.identity.audit import cli_actor
     from appliance.store.state import open_sync
 
     try:
