@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.bundle.http import add_routes as add_bundle_routes
 from appliance.bundle.importer import import_bundle
 from appliance.content.registry import add_routes as add_registry_routes
 from appliance.content.store import BlobStore
@@ -263,4 +264,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.extend([_state_ctx, _identity_ctx, _metrics_ctx, _engines_ctx, _gateway_ctx])
+    add_bundle_routes(app, services)
     return app

@@ -74,6 +74,12 @@ class MetricsSettings(_Section, frozen=True):
     retention_days: int = 90
 
 
+class BundleSettings(_Section, frozen=True, kw_only=True):
+    # directories polled for bundles to import, e.g. where USB sticks are mounted
+    watch_dirs: list[str] = []
+    watch_interval_s: float = 5.0
+
+
 class LdapSettings(_Section, frozen=True):
     """Sign-in against LDAP / Active Directory: search the user, bind as them, map groups."""
 
@@ -165,6 +171,7 @@ class Settings(_Section, frozen=True):
     engine: EngineSettings = EngineSettings()
     gateway: GatewaySettings = GatewaySettings()
     metrics: MetricsSettings = MetricsSettings()
+    bundle: BundleSettings = BundleSettings()
     identity: IdentitySettings = IdentitySettings()
     tls: TlsSettings = TlsSettings()
     upstreams: list[UpstreamSettings] = []

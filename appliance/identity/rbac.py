@@ -115,6 +115,9 @@ ROUTE_RULES: tuple[RouteRule, ...] = (
     R("GET", "/api/engines", "engines.read"),
     R("GET", "/api/usage", "usage.read"),
     R("POST", "/api/bundles/import", "bundles.import"),
+    R("POST", "/api/bundles", "bundles.import"),
+    R("GET", "/api/bundles/imports", "bundles.import"),
+    R("GET", "/api/bundles/imports/{id}", "bundles.import"),
     # registry client configuration (appliance/content)
     R("GET", "/api/registry/hosts.toml", "registry.read"),
     R("GET", "/api/registry/registries.yaml", "registry.read"),

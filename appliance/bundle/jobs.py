@@ -1,0 +1,162 @@
+"""Imports run by the server: jobs with live progress, uploads, and USB watch directories.
+
+A job is a small state machine (pending → running → success | error) with bytes done and
+total, rate and ETA, readable while it runs (``GET /api/bundles/imports/{id}``). The watcher
+polls the configured directories (``bundle.watch_dirs``, e.g. ``/media``) and imports a bundle
+once its ``bundle.json`` (or a ``.tar``) has stopped changing between two polls; such imports
+need a signature by a trusted key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from aiohttp import web
+
+from appliance.bundle.importer import ImportResult, import_bundle
+from appliance.kernel.errors import ApplianceError
+from appliance.kernel.tasks import TaskGroupOwner
+
+log = logging.getLogger(__name__)
+MAX_JOBS_KEPT = 100
+
+
+class ImportJob(msgspec.Struct, kw_only=True):
+    id: str
+    source: str
+    origin: str  # api | upload | watch
+    state: str = "pending"  # pending | running | success | error
+    bytes_done: int = 0
+    bytes_total: int = 0
+    percent: float = 0.0
+    rate_bytes_s: float = 0.0
+    eta_s: float | None = None
+    started_at: float = 0.0
+    finished_at: float | None = None
+    result: ImportResult | None = None
+    error: str = ""
+    error_code: str = ""
+
+
+class ImportJobs:
+    """Owns the server's import jobs and the watch-directory poller."""
+
+    def __init__(self, data_dir: Path, *, on_imported: Callable[[], Awaitable[None]],
+                 watch_dirs: list[str], watch_interval_s: float) -> None:
+        self.data_dir = data_dir
+        self.on_imported = on_imported
+        self.watch_dirs = [Path(d).expanduser() for d in watch_dirs]
+        self.watch_interval_s = watch_interval_s
+        self.jobs: dict[str, ImportJob] = {}
+        self.tasks = TaskGroupOwner("bundle-imports")
+        self._seen: dict[Path, tuple[int, float]] = {}
+        self._handled: dict[Path, tuple[int, float]] = {}
+
+    def start(self, path: Path, *, origin: str, allow_unsigned: bool = False,
+              cleanup: Path | None = None) -> ImportJob:
+        """Start importing ``path`` in the background; return the job to poll."""
+        job = ImportJob(id="imp_" + uuid.uuid4().hex[:12], source=str(path), origin=origin)
+        self.jobs[job.id] = job
+        for old in list(self.jobs)[:-MAX_JOBS_KEPT]:
+            if self.jobs[old].state in ("success", "error"):
+                del self.jobs[old]
+        self.tasks.spawn(self._run(job, path, allow_unsigned, cleanup), name=job.id)
+        return job
+
+    async def _run(self, job: ImportJob, path: Path, allow_unsigned: bool,
+                   cleanup: Path | None) -> None:
+        job.state, job.started_at = "running", time.time()
+        first: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            # called from the import thread: plain attribute writes only
+            if not first:
+                first.append(done)  # bytes already present are not part of the rate
+            elapsed = max(time.time() - job.started_at, 1e-6)
+            rate = (done - first[0]) / elapsed
+            job.bytes_done, job.bytes_total = done, total
+            job.percent = round(100.0 * done / total, 1) if total else 100.0
+            job.rate_bytes_s = rate
+            job.eta_s = (total - done) / rate if rate > 0 else None
+
+        try:
+            job.result = await asyncio.to_thread(import_bundle, self.data_dir, path,
+                                                 progress=progress,
+                                                 allow_unsigned=allow_unsigned)
+            job.state = "success"
+            job.percent, job.eta_s = 100.0, 0.0
+            log.info("bundle import %s from %s done", job.id, path)
+            await self.on_imported()
+        except ApplianceError as exc:
+            job.state, job.error, job.error_code = "error", exc.message, exc.code
+            log.warning("bundle import %s from %s failed: %s", job.id, path, exc.message)
+        except Exception as exc:  # recorded on the job and logged, never swallowed
+            job.state, job.error, job.error_code = "error", str(exc), "internal_error"
+            log.exception("bundle import %s from %s failed", job.id, path)
+        finally:
+            job.finished_at = time.time()
+            if cleanup is not None:
+                await asyncio.to_thread(cleanup.unlink, missing_ok=True)
+
+    # --- watch directories --------------------------------------------------------------------
+
+    def _candidates(self) -> dict[Path, tuple[int, float]]:
+        """Bundles (a dir with bundle.json, or a .tar) up to two levels below each watch dir."""
+        found: dict[Path, tuple[int, float]] = {}
+        for root in self.watch_dirs:
+            levels = [root]
+            for _ in range(3):
+                nxt = []
+                for d in levels:
+                    try:
+                        entries = list(d.iterdir())
+                    except OSError:
+                        continue
+                    for entry in entries:
+                        try:
+                            if entry.name == "bundle.json" and entry.is_file():
+                                st = entry.stat()
+                                found[d] = (st.st_size, st.st_mtime)
+                            elif entry.suffix == ".tar" and entry.is_file():
+                                st = entry.stat()
+                                found[entry] = (st.st_size, st.st_mtime)
+                            elif entry.is_dir() and not entry.is_symlink() and \
+                                    not entry.name.startswith("."):
+                                nxt.append(entry)
+                        except OSError:
+                            continue
+                levels = nxt
+        return found
+
+    async def poll_once(self) -> list[ImportJob]:
+        """Start imports of bundles that appeared and have been stable for one poll."""
+        now = await asyncio.to_thread(self._candidates)
+        started = []
+        for path, sig in now.items():
+            if self._seen.get(path) == sig and self._handled.get(path) != sig:
+                self._handled[path] = sig
+                log.info("bundle appeared under a watch directory: %s", path)
+                started.append(self.start(path, origin="watch"))
+        self._seen = now
+        return started
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("polling the bundle watch directories failed")
+            await asyncio.sleep(self.watch_interval_s)
+
+    async def ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: run the watcher; on shutdown cancel it and any running import."""
+        if self.watch_dirs:
+            self.tasks.spawn(self.watch(), name="watch-dirs")
+        yield
+        await self.tasks.close()
