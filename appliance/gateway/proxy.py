@@ -14,13 +14,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
 from appliance.gateway import anthropic
 from appliance.gateway.routing import RoutePlan, Target
 from appliance.gateway.streams import StreamTransform, UsageTap, usage_of
+from appliance.gateway.upstream_client import (
+    UpstreamConnectError,
+    UpstreamPool,
+    UpstreamProtocolError,
+    UpstreamResponse,
+    UpstreamTimeoutError,
+)
 from appliance.kernel.errors import (
     ApplianceError,
     BadRequest,
@@ -33,7 +39,6 @@ from appliance.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
-_HOP_HEADERS = ("x-request-id", "openai-processing-ms", "x-ratelimit-limit-requests")
 
 
 class Call(msgspec.Struct, kw_only=True):
@@ -85,24 +90,14 @@ class Forwarder:
 
     def __init__(self, settings: GatewaySettings) -> None:
         self.settings = settings
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("forwarder used before start()")
-        return self._session
+        self.pool = UpstreamPool()
 
     def start(self) -> None:
-        """Open the keep-alive connection pool to targets (inside the running loop)."""
-        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
-        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
-                                              skip_auto_headers=("User-Agent",))
+        """Ready the keep-alive connection pool to targets."""
+        self.pool = UpstreamPool()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        self.pool.close()
 
     async def forward(self, request: web.Request, call: Call, plan: RoutePlan, outcome: Outcome,
                       *, shape: ResponseShaper | None = None,
@@ -161,7 +156,8 @@ class Forwarder:
             return call.body, "/" + call.endpoint, call.content_type
         return _encode({**call.json(), **rewrite}), "/" + call.endpoint, "application/json"
 
-    def _headers(self, target: Target, content_type: str) -> dict[str, str]:
+    @staticmethod
+    def _headers(target: Target, content_type: str) -> dict[str, str]:
         headers = {"Content-Type": content_type}
         key = target.api_key
         if target.kind == "anthropic":
@@ -183,17 +179,17 @@ class Forwarder:
         started = time.monotonic()
         target.in_flight += 1
         try:
+            url, head = target.request_head(suffix, content_type, self._headers)
             try:
-                # total bounds the whole exchange; sock_read bounds the wait for the headers
-                # and every gap between streamed chunks (no asyncio timer per request).
-                upstream = await self.session.post(
-                    target.url(suffix), data=body, headers=self._headers(target, content_type),
-                    timeout=target.client_timeout)
-            except TimeoutError:
-                raise _Retryable(UpstreamTimeout(
-                    f"target {target.name} sent no response within {target.first_byte_s:g} s"
-                )) from None
-            except aiohttp.ClientError as exc:
+                # first_byte_s bounds the wait for the headers and every gap between streamed
+                # chunks; total_s bounds the whole exchange.
+                upstream = await self.pool.request(
+                    url, head, body, connect_s=target.connect_s,
+                    first_byte_s=target.first_byte_s, gap_s=target.first_byte_s,
+                    total_s=target.total_s)
+            except UpstreamTimeoutError as exc:
+                raise _Retryable(UpstreamTimeout(f"target {target.name}: {exc}")) from None
+            except (UpstreamConnectError, UpstreamProtocolError) as exc:
                 raise _Retryable(UpstreamError(
                     f"cannot reach target {target.name}: {exc}")) from None
             try:
@@ -205,7 +201,7 @@ class Forwarder:
             target.in_flight -= 1
 
     async def _relay(self, request: web.Request, call: Call, target: Target,
-                     upstream: aiohttp.ClientResponse, outcome: Outcome, started: float, *,
+                     upstream: UpstreamResponse, outcome: Outcome, started: float, *,
                      shape: ResponseShaper | None,
                      stream_shape: StreamFactory | None) -> web.StreamResponse:
         status = upstream.status
@@ -226,14 +222,13 @@ class Forwarder:
             return web.Response(status=status, body=payload, content_type="application/json",
                                 headers=call.headers)
         is_stream = call.stream and "text/event-stream" in upstream.headers.get(
-            "Content-Type", "")
+            "content-type", "")
         if not is_stream:
             try:
                 payload = await upstream.read()
-            except TimeoutError:
-                raise _Retryable(UpstreamTimeout(
-                    f"target {target.name} did not finish within {target.total_s:g} s")) from None
-            except aiohttp.ClientError as exc:
+            except UpstreamTimeoutError as exc:
+                raise _Retryable(UpstreamTimeout(f"target {target.name}: {exc}")) from None
+            except UpstreamProtocolError as exc:
                 raise _Retryable(UpstreamError(
                     f"target {target.name} broke off its response: {exc}")) from None
             target.breaker.success()
@@ -254,7 +249,7 @@ class Forwarder:
                                         stream_shape)
 
     async def _relay_stream(self, request: web.Request, call: Call, target: Target,
-                            upstream: aiohttp.ClientResponse, outcome: Outcome, started: float,
+                            upstream: UpstreamResponse, outcome: Outcome, started: float,
                             stream_shape: StreamFactory | None
                             ) -> web.StreamResponse:
         transforms: list[StreamTransform] = []
@@ -275,7 +270,7 @@ class Forwarder:
         outcome.status = 200
         ttft_seen = False
         try:
-            async for data in upstream.content.iter_any():
+            async for data in upstream.iter():
                 for transform in transforms:
                     data = transform.feed(data)
                 if data:
@@ -288,20 +283,15 @@ class Forwarder:
                 tail = transform.feed(tail) + transform.finish()
             if tail:
                 await response.write(tail)
-        except TimeoutError:
+        except UpstreamTimeoutError as exc:
             outcome.status, outcome.error = 504, "stream_timeout"
             await _write_stream_error(response, UpstreamTimeout(
-                f"target {target.name} stalled or did not finish the stream in time "
-                f"(gap limit {target.first_byte_s:g} s, total {target.total_s:g} s)"))
-        except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError,
-                aiohttp.ClientConnectionError) as exc:
-            if request.transport is None or request.transport.is_closing():
-                outcome.status, outcome.error = 499, "client_disconnected"
-                raise
+                f"target {target.name} stalled mid-stream: {exc}"))
+        except UpstreamProtocolError as exc:
             outcome.status, outcome.error = 502, "upstream_broke_stream"
             target.breaker.failure()
             await _write_stream_error(response, UpstreamError(
-                f"target {target.name} broke off the stream: {type(exc).__name__}"))
+                f"target {target.name} broke off the stream: {exc}"))
         except (ConnectionResetError, asyncio.CancelledError):
             outcome.status, outcome.error = 499, "client_disconnected"
             raise
@@ -311,17 +301,17 @@ class Forwarder:
         return response
 
     @staticmethod
-    async def _read_error(upstream: aiohttp.ClientResponse) -> str:
+    async def _read_error(upstream: UpstreamResponse) -> str:
         try:
-            async with asyncio.timeout(5):
-                text = (await upstream.read())[:300].decode(errors="replace")
-        except (TimeoutError, aiohttp.ClientError):
+            deadline = asyncio.get_running_loop().time() + 5
+            text = (await upstream.read(deadline))[:300].decode(errors="replace")
+        except (UpstreamTimeoutError, UpstreamProtocolError):
             text = ""
         try:
             message = msgspec.json.decode(text)["error"]["message"]
             return str(message)
         except Exception:
-            return text.strip() or upstream.reason or "no detail"
+            return text.strip() or f"HTTP {upstream.status}"
 
 
 async def _write_stream_error(response: web.StreamResponse, error: ApplianceError) -> None:

@@ -11,15 +11,18 @@ import random
 import time
 from collections.abc import Callable, Iterable
 
-import aiohttp
 import msgspec
 import yarl
 
+from appliance.gateway.upstream_client import build_head
+from appliance.identity import audit
+from appliance.identity.secrets import SecretBox
 from appliance.kernel.errors import BadRequest, NotFound
 from appliance.settings import NAME_RE, GatewaySettings, Settings
 from appliance.store.state import StateStore
 
 LOCAL_PREFIX = "local:"
+UPSTREAM_KEY_PURPOSE = "upstreams.api_key"
 
 
 class UpstreamRecord(msgspec.Struct, kw_only=True):
@@ -76,36 +79,62 @@ def check_route(rec: RouteRecord, upstream_names: Iterable[str]) -> None:
 
 
 async def list_upstreams(store: StateStore) -> list[UpstreamRecord]:
+    """Upstreams with their API keys decrypted (for the router; never shown in responses)."""
     rows = await store.fetchall("SELECT * FROM upstreams ORDER BY name")
+    keys = await SecretBox(store.data_dir).open_async([r["api_key"] for r in rows],
+                                                      UPSTREAM_KEY_PURPOSE)
     out = []
-    for row in rows:
+    for row, api_key in zip(rows, keys, strict=True):
         options = _dec(row["options"])
         out.append(UpstreamRecord(name=row["name"], kind=row["kind"], base_url=row["base_url"],
-                                  api_key=row["api_key"], source=row["source"], **options))
+                                  api_key=api_key, source=row["source"], **options))
     return out
 
 
-async def put_upstream(store: StateStore, rec: UpstreamRecord) -> None:
+async def put_upstream(store: StateStore, rec: UpstreamRecord, *, actor: str = "system",
+                       source_address: str = "") -> None:
+    """Create or replace an upstream; its API key is stored encrypted (identity.secrets)."""
     check_upstream(rec)
     options = {k: getattr(rec, k) for k in
                ("connect_timeout_s", "first_byte_timeout_s", "total_timeout_s")
                if getattr(rec, k) is not None}
-    await store.execute(
-        "INSERT INTO upstreams (name, kind, base_url, api_key, options, source, updated_at)"
-        " VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET kind=excluded.kind,"
-        " base_url=excluded.base_url, api_key=excluded.api_key, options=excluded.options,"
-        " source=excluded.source, updated_at=excluded.updated_at",
-        (rec.name, rec.kind, rec.base_url, rec.api_key, _enc(options).decode(), rec.source,
-         time.time()))
+    box = SecretBox(store.data_dir)
+    old = await store.fetchone("SELECT kind, base_url, api_key, options, source FROM upstreams"
+                               " WHERE name=?", (rec.name,))
+    if old is not None:
+        same_key = (await box.open_async([old["api_key"]], UPSTREAM_KEY_PURPOSE))[0] == \
+            rec.api_key
+        if same_key and (old["kind"], old["base_url"], _dec(old["options"]), old["source"]) \
+                == (rec.kind, rec.base_url, options, rec.source):
+            return  # unchanged: no write, no audit entry (config sync on every start)
+    sealed = await box.seal_async(rec.api_key, UPSTREAM_KEY_PURPOSE)
+    async with store.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO upstreams (name, kind, base_url, api_key, options, source, updated_at)"
+            " VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET kind=excluded.kind,"
+            " base_url=excluded.base_url, api_key=excluded.api_key, options=excluded.options,"
+            " source=excluded.source, updated_at=excluded.updated_at",
+            (rec.name, rec.kind, rec.base_url, sealed, _enc(options).decode(), rec.source,
+             time.time()))
+        await audit.record_async(
+            conn, actor=actor, action="upstream.put", target=rec.name,
+            detail={"kind": rec.kind, "base_url": rec.base_url, "source": rec.source,
+                    "has_api_key": bool(rec.api_key), **options},
+            source_address=source_address, data_dir=store.data_dir)
 
 
-async def remove_upstream(store: StateStore, name: str) -> None:
+async def remove_upstream(store: StateStore, name: str, *, actor: str = "system",
+                          source_address: str = "") -> None:
     for route in await list_routes(store):
         if any(t.split(":", 1)[0] == name for t in route.targets):
             raise BadRequest(f"upstream {name!r} is used by route {route.model!r}; "
                              "remove or change the route first", param="name")
-    if await store.execute("DELETE FROM upstreams WHERE name=?", (name,)) == 0:
-        raise NotFound(f"no upstream {name!r}", param="name")
+    async with store.transaction() as conn:
+        cur = await conn.execute("DELETE FROM upstreams WHERE name=?", (name,))
+        if cur.rowcount == 0:
+            raise NotFound(f"no upstream {name!r}", param="name")
+        await audit.record_async(conn, actor=actor, action="upstream.remove", target=name,
+                                 source_address=source_address, data_dir=store.data_dir)
 
 
 async def list_routes(store: StateStore) -> list[RouteRecord]:
@@ -115,20 +144,40 @@ async def list_routes(store: StateStore) -> list[RouteRecord]:
                         source=r["source"]) for r in rows]
 
 
-async def put_route(store: StateStore, rec: RouteRecord) -> None:
-    check_route(rec, [u.name for u in await list_upstreams(store)])
-    await store.execute(
-        "INSERT INTO routes (model, targets, strategy, weights, fallback, source, updated_at)"
-        " VALUES (?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET targets=excluded.targets,"
-        " strategy=excluded.strategy, weights=excluded.weights, fallback=excluded.fallback,"
-        " source=excluded.source, updated_at=excluded.updated_at",
-        (rec.model, _enc(rec.targets).decode(), rec.strategy, _enc(rec.weights).decode(),
-         _enc(rec.fallback).decode(), rec.source, time.time()))
+async def put_route(store: StateStore, rec: RouteRecord, *, actor: str = "system",
+                    source_address: str = "") -> None:
+    """Create or replace a route (audited when it changes)."""
+    names = [r["name"] for r in await store.fetchall("SELECT name FROM upstreams")]
+    check_route(rec, names)
+    values = (_enc(rec.targets).decode(), rec.strategy, _enc(rec.weights).decode(),
+              _enc(rec.fallback).decode(), rec.source)
+    old = await store.fetchone("SELECT targets, strategy, weights, fallback, source FROM routes"
+                               " WHERE model=?", (rec.model,))
+    if old is not None and tuple(old) == values:
+        return  # unchanged: no write, no audit entry (config sync on every start)
+    async with store.transaction() as conn:
+        await conn.execute(
+            "INSERT INTO routes (model, targets, strategy, weights, fallback, source,"
+            " updated_at) VALUES (?,?,?,?,?,?,?) ON CONFLICT(model) DO UPDATE SET"
+            " targets=excluded.targets, strategy=excluded.strategy, weights=excluded.weights,"
+            " fallback=excluded.fallback, source=excluded.source,"
+            " updated_at=excluded.updated_at",
+            (rec.model, *values, time.time()))
+        await audit.record_async(
+            conn, actor=actor, action="route.put", target=rec.model,
+            detail={"targets": rec.targets, "strategy": rec.strategy,
+                    "fallback": rec.fallback, "source": rec.source},
+            source_address=source_address, data_dir=store.data_dir)
 
 
-async def remove_route(store: StateStore, model: str) -> None:
-    if await store.execute("DELETE FROM routes WHERE model=?", (model,)) == 0:
-        raise NotFound(f"no route for model {model!r}", param="model")
+async def remove_route(store: StateStore, model: str, *, actor: str = "system",
+                       source_address: str = "") -> None:
+    async with store.transaction() as conn:
+        cur = await conn.execute("DELETE FROM routes WHERE model=?", (model,))
+        if cur.rowcount == 0:
+            raise NotFound(f"no route for model {model!r}", param="model")
+        await audit.record_async(conn, actor=actor, action="route.remove", target=model,
+                                 source_address=source_address, data_dir=store.data_dir)
 
 
 async def sync_config(store: StateStore, settings: Settings) -> None:
@@ -137,11 +186,12 @@ async def sync_config(store: StateStore, settings: Settings) -> None:
         await put_upstream(store, UpstreamRecord(
             name=up.name, kind=up.kind, base_url=up.base_url, api_key=up.resolved_api_key(),
             connect_timeout_s=up.connect_timeout_s, first_byte_timeout_s=up.first_byte_timeout_s,
-            total_timeout_s=up.total_timeout_s, source="config"))
+            total_timeout_s=up.total_timeout_s, source="config"), actor="config")
     for route in settings.routes:
         await put_route(store, RouteRecord(
             model=route.model, targets=list(route.targets), strategy=route.strategy,
-            weights=list(route.weights), fallback=list(route.fallback), source="config"))
+            weights=list(route.weights), fallback=list(route.fallback), source="config"),
+            actor="config")
     keep_routes = [r.model for r in settings.routes]
     keep_ups = [u.name for u in settings.upstreams]
     await store.execute(
@@ -209,19 +259,25 @@ class Target:
         self.total_s = total_s
         self.breaker = breaker
         self.in_flight = 0
-        self.client_timeout = aiohttp.ClientTimeout(
-            total=total_s, connect=connect_s, sock_connect=connect_s, sock_read=first_byte_s)
-        self._urls: dict[tuple[str, str], yarl.URL] = {}
+        self._heads: dict[tuple[str, str, str, str], tuple[yarl.URL, bytes]] = {}
 
-    def url(self, suffix: str) -> yarl.URL:
-        """The parsed URL of ``suffix`` on this target (parsed once, not per request)."""
+    def request_head(self, suffix: str, content_type: str,
+                     headers: Callable[[Target, str], dict[str, str]]
+                     ) -> tuple[yarl.URL, bytes]:
+        """URL and request head for ``suffix``, built once per (URL, key, content type).
+
+        A local engine's URL and key change when it restarts, so both are part of the key.
+        """
         base = self._url()
         if base is None:
             raise LookupError(f"target {self.name} is not available")
-        key = (base, suffix)
-        found = self._urls.get(key)
+        key = (base, self.api_key, suffix, content_type)
+        found = self._heads.get(key)
         if found is None:
-            found = self._urls[key] = yarl.URL(base.rstrip("/") + suffix)
+            if len(self._heads) > 64:
+                self._heads.clear()
+            url = yarl.URL(base.rstrip("/") + suffix)
+            found = self._heads[key] = (url, build_head(url, headers(self, content_type)))
         return found
 
     @property
