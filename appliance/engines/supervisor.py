@@ -140,7 +140,11 @@ class EngineProcess:
         self._set(EngineState.STOPPED)
 
     async def _run_once(self, session: aiohttp.ClientSession) -> str:
-        env = dict(os.environ, APPLIANCE_ENGINE_TOKEN=self.token)
+        threads = str(self.spec.threads or max(1, (os.cpu_count() or 2) // 2))
+        # BLAS (the embedding model's matrix products) gets the engine's thread budget; its
+        # default of one thread a core slows to a crawl when the gateway and llama.cpp compete.
+        env = dict(os.environ, APPLIANCE_ENGINE_TOKEN=self.token, OPENBLAS_NUM_THREADS=threads,
+                   OMP_NUM_THREADS=threads)
         self._proc = proc = await asyncio.create_subprocess_exec(
             *self._command(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=None, env=env, start_new_session=True,
