@@ -18,7 +18,6 @@ __all__ = [
     "ANTHROPIC_VERSION",
     "DEFAULT_MAX_TOKENS",
     "AnthropicProtocolError",
-    "StreamTranslator",
     "TranslationError",
     "anthropic_error_to_openai",
     "chat_request_to_messages",
@@ -28,8 +27,8 @@ __all__ = [
 ANTHROPIC_VERSION: Final = "2023-06-01"
 DEFAULT_MAX_TOKENS: Final = 4096
 
-_encoder: Final = msgspec.json.Encoder()
-_decoder: Final = msgspec.json.Decoder()
+json_encoder: Final = msgspec.json.Encoder()
+json_decoder: Final = msgspec.json.Decoder()
 
 # Anthropic accepts exactly these image media types.
 _IMAGE_MEDIA_TYPES: Final = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
@@ -59,9 +58,9 @@ _ERROR_KINDS: Final[dict[str, tuple[str, str]]] = {
     "timeout_error": ("server_error", "upstream_timeout"),
 }
 
-_DONE: Final = b"data: [DONE]\n\n"
+DONE_EVENT: Final = b"data: [DONE]\n\n"
 # An SSE line longer than this is not an Anthropic event; refuse to buffer without bound.
-_MAX_LINE: Final = 16 * 1024 * 1024
+MAX_EVENT_LINE: Final = 16 * 1024 * 1024
 
 
 class TranslationError(BadRequest):
@@ -376,7 +375,7 @@ def _arguments(raw: Any, path: str) -> dict[str, Any]:
     if not isinstance(raw, str):
         raise TranslationError(f"`{path}` must be a JSON string", param=path)
     try:
-        value = _decoder.decode(raw)
+        value = json_decoder.decode(raw)
     except msgspec.DecodeError as exc:
         raise TranslationError(f"`{path}` is not valid JSON: {exc}", param=path) from None
     if not isinstance(value, dict):
@@ -498,7 +497,7 @@ def messages_response_to_chat(resp: dict[str, Any], *, model: str, created: int)
                     "type": "function",
                     "function": {
                         "name": block.get("name"),
-                        "arguments": _encoder.encode(block.get("input") or {}).decode(),
+                        "arguments": json_encoder.encode(block.get("input") or {}).decode(),
                     },
                 }
             )
@@ -510,7 +509,7 @@ def messages_response_to_chat(resp: dict[str, Any], *, model: str, created: int)
     if tool_calls:
         message["tool_calls"] = tool_calls
     return {
-        "id": _completion_id(resp.get("id")),
+        "id": completion_id(resp.get("id")),
         "object": "chat.completion",
         "created": created,
         "model": model,
@@ -519,24 +518,24 @@ def messages_response_to_chat(resp: dict[str, Any], *, model: str, created: int)
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": _finish_reason(resp.get("stop_reason")),
+                "finish_reason": map_finish_reason(resp.get("stop_reason")),
             }
         ],
-        "usage": _usage(*_token_counts(resp.get("usage"), (0, 0, 0))),
+        "usage": usage_object(*token_counts(resp.get("usage"), (0, 0, 0))),
     }
 
 
-def _completion_id(message_id: Any) -> str:
+def completion_id(message_id: Any) -> str:
     if not isinstance(message_id, str) or not message_id:
         return "chatcmpl-anthropic"
     return "chatcmpl-" + message_id.removeprefix("msg_")
 
 
-def _finish_reason(stop_reason: Any) -> str:
+def map_finish_reason(stop_reason: Any) -> str:
     return _FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
-def _token_counts(usage: Any, previous: tuple[int, int, int]) -> tuple[int, int, int]:
+def token_counts(usage: Any, previous: tuple[int, int, int]) -> tuple[int, int, int]:
     """(prompt, cached, completion) tokens from an Anthropic usage object.
 
     Anthropic's ``input_tokens`` leave out cache reads and writes; OpenAI's ``prompt_tokens``
@@ -562,7 +561,7 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def _usage(prompt: int, cached: int, completion: int) -> dict[str, Any]:
+def usage_object(prompt: int, cached: int, completion: int) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -586,7 +585,7 @@ def anthropic_error_to_openai(status: int, body: bytes) -> tuple[int, dict[str, 
     kind: str | None = None
     message: str | None = None
     try:
-        decoded = _decoder.decode(body)
+        decoded = json_decoder.decode(body)
     except msgspec.DecodeError:
         decoded = None
     if isinstance(decoded, dict) and isinstance(decoded.get("error"), dict):
@@ -605,7 +604,7 @@ def anthropic_error_to_openai(status: int, body: bytes) -> tuple[int, dict[str, 
         message = f"the Anthropic provider rejected the appliance's credentials: {message}"
     elif not 400 <= status <= 599:
         status = 502
-    return status, {"error": _openai_error(kind, message)}
+    return status, {"error": openai_error_body(kind, message)}
 
 
 def _error_kind_for_status(status: int) -> str:
@@ -621,240 +620,6 @@ def _error_kind_for_status(status: int) -> str:
     }.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
-def _openai_error(kind: str, message: str) -> dict[str, Any]:
+def openai_error_body(kind: str, message: str) -> dict[str, Any]:
     error_type, code = _ERROR_KINDS.get(kind, ("server_error", "upstream_error"))
     return {"message": message, "type": error_type, "param": None, "code": code}
-
-
-# --------------------------------------------------------------------------- streaming
-
-
-class StreamTranslator:
-    """Turn Anthropic's server-sent events into OpenAI ``chat.completion.chunk`` events.
-
-    Feed it the upstream bytes as they arrive, split anywhere; it keeps the partial line and
-    answers with whole OpenAI SSE events. It ends the stream with ``data: [DONE]`` exactly once:
-    after ``message_stop``, after an upstream ``error`` event, on a malformed event, or from
-    `finish` when the upstream stopped early.
-    """
-
-    def __init__(self, *, model: str, created: int, include_usage: bool) -> None:
-        self._model = model
-        self._created = created
-        self._include_usage = include_usage
-        self._pending = b""
-        self._data: list[bytes] = []
-        self._event = b""
-        self._id: str | None = None
-        self._tokens = (0, 0, 0)
-        self._stop_reason: str | None = None
-        # Anthropic content block index -> OpenAI tool call index, and whether any argument
-        # bytes arrived for it (a tool without arguments must still read as "{}").
-        self._tools: dict[int, int] = {}
-        self._tool_has_args: dict[int, bool] = {}
-        self._done = False
-
-    @property
-    def usage(self) -> tuple[int, int]:
-        """(prompt tokens, completion tokens) reported by the upstream so far."""
-        return self._tokens[0], self._tokens[2]
-
-    @property
-    def finish_reason(self) -> str | None:
-        """The OpenAI finish reason once the upstream reported its stop reason."""
-        return None if self._stop_reason is None else _finish_reason(self._stop_reason)
-
-    @property
-    def done(self) -> bool:
-        """Whether ``data: [DONE]`` has been emitted."""
-        return self._done
-
-    def feed(self, data: bytes) -> bytes:
-        """Consume upstream bytes; return the OpenAI SSE bytes they complete."""
-        if self._done:
-            return b""
-        data = self._pending + data
-        # A trailing CR may be the first half of a CRLF that the next read completes.
-        held = b""
-        if data.endswith(b"\r"):
-            data, held = data[:-1], b"\r"
-        lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._pending = lines.pop() + held
-        out: list[bytes] = []
-        for line in lines:
-            out.append(self._line(line))
-            if self._done:
-                return b"".join(out)
-        if len(self._pending) > _MAX_LINE:
-            self._pending = b""
-            out.append(self._fail("api_error", "Anthropic sent an event line over 16 MiB"))
-        return b"".join(out)
-
-    def finish(self) -> bytes:
-        """Call at upstream EOF; closes the stream with an error if it ended early."""
-        if self._done:
-            return b""
-        # Be lenient with a last event that lacks its blank line.
-        pending, self._pending = self._pending.rstrip(b"\r"), b""
-        out = self._line(pending) if pending else b""
-        if not self._done and self._data:
-            out += self._line(b"")
-        if self._done:
-            return out
-        return out + self._fail(
-            "api_error", "the Anthropic stream ended before the message was complete"
-        )
-
-    def _line(self, line: bytes) -> bytes:
-        if not line:
-            if not self._data:
-                self._event = b""
-                return b""
-            payload = b"\n".join(self._data)
-            event, self._event, self._data = self._event, b"", []
-            return self._dispatch(event, payload)
-        if line.startswith(b":"):
-            return b""  # comment / keep-alive
-        name, _, value = line.partition(b":")
-        if value.startswith(b" "):
-            value = value[1:]
-        if name == b"data":
-            self._data.append(value)
-        elif name == b"event":
-            self._event = value
-        return b""
-
-    def _dispatch(self, event_name: bytes, payload: bytes) -> bytes:
-        try:
-            event = _decoder.decode(payload)
-        except msgspec.DecodeError:
-            return self._fail("api_error", "Anthropic sent an event that is not valid JSON")
-        if not isinstance(event, dict):
-            return self._fail("api_error", "Anthropic sent an event that is not a JSON object")
-        kind = event.get("type")
-        if not isinstance(kind, str):
-            kind = event_name.decode("utf-8", "replace")
-        try:
-            return self._handle(kind, event)
-        except (KeyError, TypeError, AttributeError, ValueError):
-            return self._fail("api_error", f"Anthropic sent a malformed {kind!r} event")
-
-    def _handle(self, kind: str, event: dict[str, Any]) -> bytes:
-        if kind == "ping":
-            return b""
-        if kind == "error":
-            error = event.get("error")
-            if not isinstance(error, dict):
-                error = {}
-            message = error.get("message")
-            if not isinstance(message, str) or not message:
-                message = "the Anthropic stream failed"
-            error_kind = error.get("type")
-            return self._fail(error_kind if isinstance(error_kind, str) else "api_error", message)
-        if kind == "message_start":
-            if self._id is not None:
-                raise ValueError("second message_start")
-            message = event["message"]
-            self._id = _completion_id(message.get("id"))
-            self._tokens = _token_counts(message.get("usage"), self._tokens)
-            return self._chunk({"role": "assistant", "content": ""})
-        if self._id is None:
-            if kind in (
-                "content_block_start",
-                "content_block_delta",
-                "content_block_stop",
-                "message_delta",
-                "message_stop",
-            ):
-                return self._fail("api_error", f"Anthropic sent {kind!r} before message_start")
-            return b""
-        if kind == "content_block_start":
-            return self._block_start(int(event["index"]), event["content_block"])
-        if kind == "content_block_delta":
-            return self._block_delta(int(event["index"]), event["delta"])
-        if kind == "content_block_stop":
-            index = int(event["index"])
-            if index in self._tools and not self._tool_has_args[index]:
-                return self._tool_chunk(index, {"arguments": "{}"})
-            return b""
-        if kind == "message_delta":
-            stop_reason = event.get("delta", {}).get("stop_reason")
-            if isinstance(stop_reason, str):
-                self._stop_reason = stop_reason
-            self._tokens = _token_counts(event.get("usage"), self._tokens)
-            return b""
-        if kind == "message_stop":
-            return self._complete()
-        return b""  # Anthropic may add event types; unknown ones carry nothing for us
-
-    def _block_start(self, index: int, block: dict[str, Any]) -> bytes:
-        kind = block.get("type")
-        if kind == "text":
-            text = block.get("text")
-            return self._chunk({"content": text}) if isinstance(text, str) and text else b""
-        if kind == "tool_use":
-            self._tools[index] = len(self._tools)
-            self._tool_has_args[index] = False
-            return self._tool_chunk(
-                index,
-                {"name": block["name"], "arguments": ""},
-                call_id=block["id"],
-            )
-        return b""  # thinking and server-tool blocks have no chat completion counterpart
-
-    def _block_delta(self, index: int, delta: dict[str, Any]) -> bytes:
-        kind = delta.get("type")
-        if kind == "text_delta":
-            text = delta["text"]
-            return self._chunk({"content": text}) if text else b""
-        if kind == "input_json_delta" and index in self._tools:
-            partial = delta["partial_json"]
-            if not partial:
-                return b""
-            self._tool_has_args[index] = True
-            return self._tool_chunk(index, {"arguments": partial})
-        return b""
-
-    def _tool_chunk(
-        self, index: int, function: dict[str, Any], *, call_id: str | None = None
-    ) -> bytes:
-        call: dict[str, Any] = {"index": self._tools[index]}
-        if call_id is not None:
-            call["id"] = call_id
-            call["type"] = "function"
-        call["function"] = function
-        return self._chunk({"tool_calls": [call]})
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        chunk: dict[str, Any] = {
-            "id": self._id,
-            "object": "chat.completion.chunk",
-            "created": self._created,
-            "model": self._model,
-            "choices": [
-                {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
-            ],
-        }
-        if self._include_usage:
-            chunk["usage"] = None
-        return b"data: " + _encoder.encode(chunk) + b"\n\n"
-
-    def _complete(self) -> bytes:
-        out = self._chunk({}, _finish_reason(self._stop_reason))
-        if self._include_usage:
-            usage_chunk: dict[str, Any] = {
-                "id": self._id,
-                "object": "chat.completion.chunk",
-                "created": self._created,
-                "model": self._model,
-                "choices": [],
-                "usage": _usage(*self._tokens),
-            }
-            out += b"data: " + _encoder.encode(usage_chunk) + b"\n\n"
-        self._done = True
-        return out + _DONE
-
-    def _fail(self, kind: str, message: str) -> bytes:
-        self._done = True
-        error = {"error": _openai_error(kind, message)}
-        return b"data: " + _encoder.encode(error) + b"\n\n" + _DONE

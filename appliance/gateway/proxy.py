@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from appliance.gateway import anthropic
+from appliance.gateway.anthropic_stream import StreamTranslator
 from appliance.gateway.routing import RoutePlan, Target
 from appliance.gateway.streams import StreamTransform, UsageTap, usage_of
 from appliance.gateway.upstream_client import (
@@ -254,7 +255,7 @@ class Forwarder:
                             ) -> web.StreamResponse:
         transforms: list[StreamTransform] = []
         if target.kind == "anthropic":
-            transforms.append(anthropic.StreamTranslator(
+            transforms.append(StreamTranslator(
                 model=call.model, created=int(time.time()),
                 include_usage=call.client_wants_usage or stream_shape is not None))
         else:

@@ -15,12 +15,12 @@ from appliance.gateway.anthropic import (
     ANTHROPIC_VERSION,
     DEFAULT_MAX_TOKENS,
     AnthropicProtocolError,
-    StreamTranslator,
     TranslationError,
     anthropic_error_to_openai,
     chat_request_to_messages,
     messages_response_to_chat,
 )
+from appliance.gateway.anthropic_stream import StreamTranslator
 from appliance.kernel.errors import ApplianceError
 from tests.fakes.anthropic_server import FAKE_API_KEY, REQUESTS, make_anthropic_app
 
