@@ -6,7 +6,7 @@ STARTER = $(HOME)/.cache/foundry-appliance/bundles/starter
 # portable llama.cpp build (no -march=native), cached in pip's wheel cache after the first time
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test install bundle lint bench clean
+.PHONY: run test install bundle lint bench clean web
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -24,10 +24,17 @@ $(STARTER)/bundle.json: bundles/starter.toml | $(VENV)/.installed
 
 bundle: $(STARTER)/bundle.json
 
-run: install bundle
+# Front-end libraries from the npm registry (web/package-lock.json) into web/static/vendor.
+web/static/vendor/.built: web/package.json web/package-lock.json web/build.mjs
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+	touch $@
+
+web: web/static/vendor/.built
+
+run: install bundle web
 	$(VENV)/bin/appliance serve --data-dir $${APPLIANCE_DATA_DIR:-$(HOME)/.local/share/foundry-appliance} --listen $${LISTEN:-127.0.0.1:8080}
 
-test: install bundle
+test: install bundle web
 	$(VENV)/bin/ruff check appliance tests bench
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 

@@ -35,6 +35,7 @@ from appliance.models.registry import engine_spec, list_models
 from appliance.settings import Settings
 from appliance.store.metrics import MetricsWriter
 from appliance.store.state import StateStore
+from appliance.ui import add_routes as add_ui_routes
 
 log = logging.getLogger(__name__)
 SERVICES: web.AppKey[Services]
@@ -254,6 +255,7 @@ def build_app(settings: Settings) -> web.Application:
                  auth_required=auth).add_routes(app)
     ControlApi(services).add_routes(app)
     add_registry_routes(app, services)
+    add_ui_routes(app, services)
     try:
         from appliance.sim.http import add_routes as add_sim_routes
     except ImportError:  # pragma: no cover - simulator not built in

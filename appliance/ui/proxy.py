@@ -1,0 +1,84 @@
+"""Same-origin doors for the browser: ``/ui/api/*`` → ``/api/*`` and ``/ui/v1/*`` → ``/v1/*``.
+
+The console's scripts call the appliance's own control API and gateway through these, with
+the signed-in operator's credentials added on the server (the browser never holds a bearer
+token) and a CSRF check on every state-changing request. The call goes over loopback to the
+socket the browser reached, so it passes the same authentication, validation, rate limits,
+metering and audit as any other client.
+"""
+
+from __future__ import annotations
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from yarl import URL
+
+from appliance.ui.auth import Operator, csrf_ok, current_operator
+from appliance.ui.pages import CONSOLE, SECURITY_HEADERS
+
+PASS_BACK = ("Content-Type", "Content-Disposition", "Retry-After", "Cache-Control",
+             "X-Sim-Run-Id", "X-Request-Id")
+_SAFE = ("GET", "HEAD")
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    body = msgspec.json.encode({"error": {"code": code, "message": message}})
+    return web.Response(status=status, body=body, content_type="application/json",
+                        headers=SECURITY_HEADERS)
+
+
+def loopback(request: web.Request, path: str) -> URL:
+    """The URL of ``path`` on the socket this request arrived on."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    host, port = (sockname[0], sockname[1]) if sockname else ("127.0.0.1", 8080)
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return URL.build(scheme=request.scheme, host=host, port=port, path=path,
+                     query_string=request.query_string)
+
+
+async def operator_for_call(request: web.Request) -> Operator | web.Response:
+    """The operator, or the JSON error to answer with (not signed in, bad CSRF token)."""
+    state = request.app[CONSOLE]
+    operator = await current_operator(request, state.services, state.csrf_secret)
+    if operator is None:
+        return json_error(401, "not_signed_in", "Your session has ended; sign in again.")
+    if request.method not in _SAFE and not csrf_ok(request, operator):
+        return json_error(403, "csrf_failed", "The page is out of date; reload it and retry.")
+    return operator
+
+
+async def forward(request: web.Request, path: str) -> web.StreamResponse:
+    """Send this request to ``path`` on this appliance and stream the answer back."""
+    operator = await operator_for_call(request)
+    if isinstance(operator, web.Response):
+        return operator
+    headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
+    if operator.bearer:
+        headers["Authorization"] = operator.bearer
+    session = request.app[CONSOLE].http()
+    body = await request.read() if request.can_read_body else None
+    try:
+        async with session.request(request.method, loopback(request, path), data=body,
+                                   headers=headers, ssl=False) as upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                **{k: v for k, v in upstream.headers.items() if k in PASS_BACK},
+                "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except aiohttp.ClientError as exc:
+        return json_error(502, "upstream_failed", f"the appliance did not answer: {exc}")
+
+
+async def api_door(request: web.Request) -> web.StreamResponse:
+    """``/ui/api/{tail}``: the control API on the operator's behalf."""
+    return await forward(request, "/api/" + request.match_info["tail"])
+
+
+async def v1_door(request: web.Request) -> web.StreamResponse:
+    """``/ui/v1/{tail}``: the OpenAI-compatible API on the operator's behalf (playground)."""
+    return await forward(request, "/v1/" + request.match_info["tail"])
