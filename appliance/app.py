@@ -30,6 +30,8 @@ from appliance.gateway.proxy import Forwarder
 from appliance.gateway.routing import LocalEngines, Router, list_routes, list_upstreams, sync_config
 from appliance.identity import bootstrap as identity_bootstrap
 from appliance.identity.http import IDENTITY, Identity
+from appliance.identity.projects import list_projects
+from appliance.identity.quotas import QuotaGate, seed_query
 from appliance.kernel.tasks import TaskGroupOwner
 from appliance.models.registry import engine_spec, list_models
 from appliance.settings import Settings
@@ -72,6 +74,7 @@ class Services:
             backoff_max_s=settings.engine.restart_backoff_max_s)
         self.router = Router(settings.gateway, _EngineDirectory(self.supervisor))
         self.limiter = RateLimiter()
+        self.quotas = QuotaGate()
         self.meter = Meter(None)
         self.tasks = TaskGroupOwner("app")
         self.starter_error = ""
@@ -88,6 +91,7 @@ class Services:
     async def reload(self) -> None:
         """Re-read routes, upstreams, keys and models from the state database."""
         self.router.load(await list_upstreams(self.store), await list_routes(self.store))
+        self.quotas.load(await list_projects(self.store))
         self.verifier.invalidate()
         await self._reconcile_engines()
 
@@ -215,6 +219,7 @@ async def _gateway_ctx(app: web.Application) -> AsyncIterator[None]:
     s = app[SERVICES]
     s.forwarder.start()
     await s.reload()
+    s.quotas.seed(await asyncio.wrap_future(s.metrics.query(seed_query(time.time()))))
     s.tasks.spawn(s.watch_changes(), name="watch-changes")
     s.ready = True
     yield
@@ -252,7 +257,7 @@ def build_app(settings: Settings) -> web.Application:
     app[IDENTITY] = services.identity
     GatewayViews(router=services.router, forwarder=services.forwarder,
                  verifier=services.verifier, limiter=services.limiter, meter=services.meter,
-                 auth_required=auth).add_routes(app)
+                 auth_required=auth, quotas=services.quotas).add_routes(app)
     ControlApi(services).add_routes(app)
     add_registry_routes(app, services)
     add_ui_routes(app, services)

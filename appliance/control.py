@@ -19,6 +19,7 @@ from aiohttp import web
 from appliance.bundle.importer import check_bundle_dir, import_bundle
 from appliance.gateway import keys as keys_api
 from appliance.gateway import routing
+from appliance.identity import audit
 from appliance.identity.http import principal_of, source_address
 from appliance.kernel.errors import ApplianceError, BadRequest, NotFound
 from appliance.models.registry import list_models
@@ -202,13 +203,16 @@ class ControlApi:
         """Create or replace an upstream."""
         rec: routing.UpstreamRecord = await self._body(request, routing.UpstreamRecord)
         rec.source = "api"
-        await routing.put_upstream(self.s.store, rec)
+        await routing.put_upstream(self.s.store, rec, actor=principal_of(request).name,
+                                   source_address=source_address(request))
         await self.s.reload()
         return json_response({"name": rec.name}, status=201)
 
     async def remove_upstream(self, request: web.Request) -> web.Response:
         """Remove an upstream no route uses."""
-        await routing.remove_upstream(self.s.store, request.match_info["name"])
+        await routing.remove_upstream(self.s.store, request.match_info["name"],
+                                      actor=principal_of(request).name,
+                                      source_address=source_address(request))
         await self.s.reload()
         return json_response({"removed": request.match_info["name"]})
 
@@ -225,13 +229,16 @@ class ControlApi:
         """Create or replace a route."""
         rec: routing.RouteRecord = await self._body(request, routing.RouteRecord)
         rec.source = "api"
-        await routing.put_route(self.s.store, rec)
+        await routing.put_route(self.s.store, rec, actor=principal_of(request).name,
+                                source_address=source_address(request))
         await self.s.reload()
         return json_response({"model": rec.model}, status=201)
 
     async def remove_route(self, request: web.Request) -> web.Response:
         """Remove a route."""
-        await routing.remove_route(self.s.store, request.match_info["model"])
+        await routing.remove_route(self.s.store, request.match_info["model"],
+                                   actor=principal_of(request).name,
+                                   source_address=source_address(request))
         await self.s.reload()
         return json_response({"removed": request.match_info["model"]})
 
@@ -256,5 +263,12 @@ class ControlApi:
         root = check_bundle_dir(Path(body.path))
         result = await asyncio.to_thread(import_bundle, self.s.data_dir, root,
                                          allow_unsigned=body.allow_unsigned)
+        if not result.already_imported:
+            await audit.write(self.s.store, actor=principal_of(request).name,
+                              action="bundle.import", target=result.bundle_id,
+                              detail={"name": result.name, "version": result.version,
+                                      "signed_by": result.signed_by, "path": body.path,
+                                      "models": result.models},
+                              source_address=source_address(request))
         await self.s.reload()
         return json_response(result, status=201 if not result.already_imported else 200)

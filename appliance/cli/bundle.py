@@ -232,6 +232,14 @@ def import_(args: argparse.Namespace) -> int:
         bar.close()
         return fail(exc.message, 1)
     bar.close()
+    if not result.already_imported:
+        from appliance.identity.audit import cli_actor, write_sync
+
+        write_sync(settings.data_path, actor=cli_actor(), action="bundle.import",
+                   target=result.bundle_id, detail={"name": result.name,
+                                                    "version": result.version,
+                                                    "signed_by": result.signed_by,
+                                                    "models": result.models})
     if args.json:
         print_json(result)
     elif result.already_imported:

@@ -7,6 +7,7 @@ import time
 
 from appliance.cli.common import add_common, csv_list, print_json, print_table, run_with_store
 from appliance.gateway import keys as keys_api
+from appliance.identity.audit import cli_actor
 from appliance.settings import Settings
 from appliance.store.state import StateStore
 
@@ -27,7 +28,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--tpm", type=int, help="tokens per minute")
     c.add_argument("--expires-in", type=float, metavar="DAYS", help="expire after DAYS days")
     c.add_argument("--admin", action="store_true", help="may also call the control API /api")
+    c.add_argument("--allowed-ips", metavar="NETS",
+                   help="comma-separated addresses or networks the key may be used from")
+    c.add_argument("--tokens-per-day", type=int, help="token budget per UTC day")
+    c.add_argument("--tokens-per-month", type=int, help="token budget per UTC month")
     c.set_defaults(func=create)
+
+    ro = ks.add_parser("rotate", help="give a key a new secret (printed once)",
+                       description="Replace a key's secret; the old one stops working at once.")
+    add_common(ro)
+    ro.add_argument("id", help="key id (key_...)")
+    ro.set_defaults(func=rotate)
 
     ls = ks.add_parser("list", help="list keys", description="List API keys (no secrets).")
     add_common(ls)
@@ -46,7 +57,9 @@ def create(args: argparse.Namespace) -> int:
         created = await keys_api.create_key(
             store, name=args.name, project_id=args.project, models=csv_list(args.models),
             rpm=args.rpm, tpm=args.tpm, role="admin" if args.admin else "inference",
-            expires_at=expires)
+            expires_at=expires, allowed_ips=csv_list(args.allowed_ips),
+            tokens_per_day=args.tokens_per_day, tokens_per_month=args.tokens_per_month,
+            actor=cli_actor())
         if args.json:
             print_json(created)
         else:
@@ -70,10 +83,22 @@ def list_(args: argparse.Namespace) -> int:
 
 def revoke(args: argparse.Namespace) -> int:
     async def body(store: StateStore, settings: Settings) -> int:
-        key = await keys_api.revoke_key(store, args.id)
+        key = await keys_api.revoke_key(store, args.id, actor=cli_actor())
         if args.json:
             print_json(key)
         else:
             print(f"revoked {key.id} ({key.name})")
+        return 0
+    return run_with_store(args, body)
+
+
+def rotate(args: argparse.Namespace) -> int:
+    async def body(store: StateStore, settings: Settings) -> int:
+        created = await keys_api.rotate_key(store, args.id, actor=cli_actor())
+        if args.json:
+            print_json(created)
+        else:
+            print(f"rotated {created.id}; the new secret is shown only this once:\n"
+                  f"{created.key}")
         return 0
     return run_with_store(args, body)

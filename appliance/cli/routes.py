@@ -6,6 +6,7 @@ import argparse
 
 from appliance.cli.common import add_common, csv_list, print_json, print_table, run_with_store
 from appliance.gateway import routing
+from appliance.identity.audit import cli_actor
 from appliance.settings import Settings
 from appliance.store.state import StateStore
 
@@ -77,7 +78,7 @@ def add_route(args: argparse.Namespace) -> int:
         rec = routing.RouteRecord(model=args.model, targets=csv_list(args.targets),
                                   fallback=csv_list(args.fallback), strategy=args.strategy,
                                   weights=weights)
-        await routing.put_route(store, rec)
+        await routing.put_route(store, rec, actor=cli_actor())
         print_json(rec) if args.json else print(f"route {args.model} saved")
         return 0
     return run_with_store(args, body)
@@ -85,7 +86,7 @@ def add_route(args: argparse.Namespace) -> int:
 
 def remove_route(args: argparse.Namespace) -> int:
     async def body(store: StateStore, settings: Settings) -> int:
-        await routing.remove_route(store, args.model)
+        await routing.remove_route(store, args.model, actor=cli_actor())
         print_json({"removed": args.model}) if args.json else print(
             f"route {args.model} removed")
         return 0
@@ -109,7 +110,8 @@ def list_upstreams(args: argparse.Namespace) -> int:
 def add_upstream(args: argparse.Namespace) -> int:
     async def body(store: StateStore, settings: Settings) -> int:
         await routing.put_upstream(store, routing.UpstreamRecord(
-            name=args.name, kind=args.kind, base_url=args.base_url, api_key=args.api_key))
+            name=args.name, kind=args.kind, base_url=args.base_url, api_key=args.api_key),
+            actor=cli_actor())
         print_json({"name": args.name}) if args.json else print(f"upstream {args.name} saved")
         return 0
     return run_with_store(args, body)
@@ -117,7 +119,7 @@ def add_upstream(args: argparse.Namespace) -> int:
 
 def remove_upstream(args: argparse.Namespace) -> int:
     async def body(store: StateStore, settings: Settings) -> int:
-        await routing.remove_upstream(store, args.name)
+        await routing.remove_upstream(store, args.name, actor=cli_actor())
         print_json({"removed": args.name}) if args.json else print(
             f"upstream {args.name} removed")
         return 0

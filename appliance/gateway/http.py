@@ -25,6 +25,7 @@ from appliance.gateway.schemas import (
     ModelOnly,
     ResponsesRequest,
 )
+from appliance.identity.quotas import QuotaGate
 from appliance.kernel.errors import (
     ApplianceError,
     BadRequest,
@@ -80,8 +81,10 @@ class GatewayViews:
     """Handlers of /v1. Holds no state of its own beyond the objects it is given."""
 
     def __init__(self, *, router: Router, forwarder: Forwarder, verifier: KeyVerifier,
-                 limiter: RateLimiter, meter: Meter, auth_required: bool) -> None:
+                 limiter: RateLimiter, meter: Meter, auth_required: bool,
+                 quotas: QuotaGate | None = None) -> None:
         self.router = router
+        self.quotas = quotas or QuotaGate()
         self.forwarder = forwarder
         self.verifier = verifier
         self.limiter = limiter
@@ -116,14 +119,16 @@ class GatewayViews:
     async def list_models(self, request: web.Request) -> web.Response:
         key = await self._key(request)
         data = [{"id": m, "object": "model", "created": 0, "owned_by": "appliance"}
-                for m in self.router.models() if key.allows_model(m)]
+                for m in self.router.models()
+                if key.allows_model(m) and self.quotas.visible(key, m)]
         return web.Response(body=_encode({"object": "list", "data": data}),
                             content_type="application/json")
 
     async def get_model(self, request: web.Request) -> web.Response:
         key = await self._key(request)
         model = request.match_info["model"]
-        if model not in self.router.models() or not key.allows_model(model):
+        if model not in self.router.models() or not key.allows_model(model) or \
+                not self.quotas.visible(key, model):
             raise NotFound(f"The model `{model}` does not exist or you do not have access to it.",
                            param="model", code="model_not_found")
         return web.Response(body=_encode({"id": model, "object": "model", "created": 0,
@@ -212,6 +217,7 @@ class GatewayViews:
         outcome = Outcome()
         key: ApiKey | None = None
         call: Call | None = None
+        admitted = False
         self.meter.in_flight += 1
         try:
             key = await self._key(request)
@@ -219,6 +225,9 @@ class GatewayViews:
             if not key.allows_model(call.model):
                 raise Forbidden(f"This API key may not use model `{call.model}`.",
                                 param="model", code="model_not_allowed")
+            self.quotas.check_model(key, call.model)
+            self.quotas.admit(key, request.remote)
+            admitted = True
             call.headers = self.limiter.admit(key.id, key.rpm, key.tpm)
             plan = self.router.plan(call.model)
             return await self.forwarder.forward(request, call, plan, outcome, shape=shape,
@@ -234,6 +243,8 @@ class GatewayViews:
             tokens = outcome.prompt_tokens + outcome.completion_tokens
             if key is not None and tokens:
                 self.limiter.charge(key.id, tokens)
+            if admitted and key is not None:
+                self.quotas.release(key, tokens)
             self.meter.observe(RequestRecord(
                 ts=time.time(), request_id=f"{self._id_prefix}{next(self._ids):x}",
                 endpoint=endpoint or (call.endpoint if call else request.path[4:]),

@@ -243,6 +243,25 @@ async def write(store: StateStore, *, actor: str, action: str, target: str,
                                   outcome=outcome, data_dir=store.data_dir)
 
 
+def write_sync(data_dir: Path, *, actor: str, action: str, target: str,
+               detail: dict[str, Any] | None = None, source_address: str = "",
+               outcome: str = "success") -> int:
+    """Record one entry in a transaction of its own through a new connection (CLI)."""
+    conn = sqlite3.connect(data_dir / "state.db", isolation_level=None, timeout=10)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            entry_id = record(conn, actor=actor, action=action, target=target, detail=detail,
+                              source_address=source_address, outcome=outcome)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.close()
+    return entry_id
+
+
 # --- reading and verifying ----------------------------------------------------------------------
 
 

@@ -8,7 +8,7 @@ import os
 import sqlite3
 import sys
 
-from appliance.identity import audit, users
+from appliance.identity import audit, secrets, users
 from appliance.settings import Settings
 from appliance.store.state import STATE_FILE, StateStore
 
@@ -22,6 +22,8 @@ def _seal(store: StateStore) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             sealed = audit.seal(conn)
+            # secrets written before encryption existed (or by an older version)
+            secrets.seal_plaintext(conn, secrets.Keyring.load(store.data_dir))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -372,7 +372,8 @@ class IdentityViews:
         """Change the signed-in user's own password (other sessions end)."""
         auth = await self.i.authenticate(request)
         if auth.user is None or auth.session is None:
-            raise Forbidden("only a signed-in user can change their password")
+            raise BadRequest("only a signed-in user can change their password",
+                             code="not_a_user")
         body: PasswordBody = await read_body(request, PasswordBody)
         import asyncio
 
