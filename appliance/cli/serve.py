@@ -28,12 +28,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_common(p, json_flag=False)
     p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on "
                    "(default 127.0.0.1:8080)")
+    p.add_argument("--tls", action="store_true", default=None,
+                   help="serve HTTPS: a site CA and server certificate are created in the data "
+                   "dir on first start (or tls.cert_file/tls.key_file are used); TLS 1.3 only")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings = settings_from(args, listen=args.listen)
+        settings = settings_from(args, listen=args.listen,
+                                 tls={"enabled": True} if args.tls else None)
     except ConfigError as exc:
         return fail(exc.message, 2)
     data_dir = settings.data_path
@@ -54,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("cannot listen on %s: %s", settings.listen, exc)
         return 1
+    except ConfigError as exc:
+        return fail(exc.message, 2)
     finally:
         listener.stop()
         lock.release()
@@ -64,20 +70,30 @@ async def _serve(settings: Settings) -> int:
 
     from appliance.app import build_app
 
+    ssl_context = None
     app = build_app(settings)
+    if settings.tls.enabled:
+        from appliance.identity.http import IDENTITY
+        from appliance.identity.tls import site_tls
+
+        material = await asyncio.to_thread(site_tls, settings)
+        ssl_context = material.context
+        app[IDENTITY].ca_pem = material.ca_pem
     runner = web.AppRunner(app, handle_signals=False, access_log=None,
                            shutdown_timeout=settings.server.shutdown_timeout_s)
     await runner.setup()
     host, port = settings.host_port
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError:
         await runner.cleanup()
         raise
-    log.info("appliance %s listening on http://%s:%d (data dir %s)", __version__, host, port,
+    log.info("appliance %s listening on %s://%s:%d (data dir %s)", __version__,
+             "https" if ssl_context else "http", host, port,
              settings.data_path)
-    print(f"appliance {__version__} listening on http://{host}:{port}", file=sys.stderr,
+    scheme = "https" if ssl_context else "http"
+    print(f"appliance {__version__} listening on {scheme}://{host}:{port}", file=sys.stderr,
           flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
