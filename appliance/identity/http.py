@@ -90,6 +90,10 @@ class Identity:
         self.sessions = SessionManager(store, settings.identity)
         self.oidc: Any = None  # an OidcClient when [identity.oidc] is enabled
         self.ldap: Any = None  # an LdapAuthenticator when [identity.ldap] is enabled
+        if settings.identity.ldap.enabled:
+            from appliance.identity.ldap import LdapAuthenticator
+
+            self.ldap = LdapAuthenticator(settings.identity.ldap, store)
         self.ca_pem: bytes | None = None  # the site CA certificate under --tls
 
     # --- authentication ------------------------------------------------------------------------

@@ -98,7 +98,7 @@ class SessionManager:
         self.throttle = AddressThrottle(limit=settings.address_failures,
                                         window_s=settings.address_window_s, now=now)
 
-    async def _fail(self, username: str, address: str, reason: str,
+    async def record_failure(self, username: str, address: str, reason: str,
                     user: User | None = None) -> Unauthorized:
         self.throttle.failed(address)
         now = self.now()
@@ -126,15 +126,16 @@ class SessionManager:
         encoded = await password_hash_of(self.store, user.id) if user else ""
         ok = await asyncio.to_thread(verify_password, password, encoded or dummy_hash())
         if user is None:
-            raise await self._fail(username, source_address, "no such user")
+            raise await self.record_failure(username, source_address, "no such user")
         if user.source != "local" or not encoded:
-            raise await self._fail(username, source_address, f"{user.source} account", user)
+            raise await self.record_failure(username, source_address, f"{user.source} account",
+                                            user)
         if user.disabled:
-            raise await self._fail(username, source_address, "account disabled", user)
+            raise await self.record_failure(username, source_address, "account disabled", user)
         if user.locked_until is not None and user.locked_until > self.now():
-            raise await self._fail(username, source_address, "account locked", user)
+            raise await self.record_failure(username, source_address, "account locked", user)
         if not ok:
-            raise await self._fail(username, source_address, "wrong password", user)
+            raise await self.record_failure(username, source_address, "wrong password", user)
         return await self.open_session(user, source_address=source_address,
                                        user_agent=user_agent, method="password")
 
