@@ -90,6 +90,10 @@ class Identity:
         self.sessions = SessionManager(store, settings.identity)
         self.oidc: Any = None  # an OidcClient when [identity.oidc] is enabled
         self.ldap: Any = None  # an LdapAuthenticator when [identity.ldap] is enabled
+        if settings.identity.oidc.enabled:
+            from appliance.identity.oidc import OidcClient
+
+            self.oidc = OidcClient(settings.identity.oidc, store)
         if settings.identity.ldap.enabled:
             from appliance.identity.ldap import LdapAuthenticator
 
@@ -409,7 +413,13 @@ class IdentityViews:
         if self.i.oidc is None:
             raise NotFound("OIDC sign-in is not configured", code="oidc_disabled")
         new = await self.i.oidc.finish(request, self.i.sessions)
-        response = web.HTTPFound(self.i.oidc.after_login_path)
+        # A page, not a redirect: this request came from the IdP (cross-site), and a browser
+        # would not send the new SameSite=Strict cookie on a redirect chained to it.
+        target = self.i.oidc.after_login_path
+        response = web.Response(
+            text=f'<!doctype html><meta http-equiv="refresh" content="0;url={target}">'
+                 f'<title>Signed in</title><a href="{target}">Continue</a>',
+            content_type="text/html", headers={"Cache-Control": "no-store"})
         self.i._set_cookies(request, response, new.token, new.session.csrf_token)
         self.i.oidc.clear_flow_cookie(response)
         return response
