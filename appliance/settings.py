@@ -136,6 +136,22 @@ class TlsSettings(_Section, frozen=True):
     min_version: Literal["1.2", "1.3"] = "1.3"
 
 
+class ClusterSettings(_Section, frozen=True):
+    """Hosts and clusters: the SSH executor's limits and where hosts reach the appliance."""
+
+    connect_limit: int = 16  # concurrent SSH handshakes, all hosts together
+    channels_per_host: int = 4  # concurrent commands/transfers on one host's connection
+    connect_timeout_s: float = 10.0
+    command_timeout_s: float = 300.0
+    keepalive_s: float = 5.0
+    playbooks_dir: str = ""  # default: the playbooks/ shipped with the appliance
+    # how hosts reach this appliance (registry, engine downloads); default: the listen address
+    advertise_url: str = ""
+    engine_port: int = 8401  # port an engine host serves on
+    engine_command: list[str] = []  # default: this program again (`appliance engine`)
+    engine_ready_timeout_s: float = 180.0
+
+
 class UpstreamSettings(_Section, frozen=True, kw_only=True):
     name: str
     kind: Literal["openai", "anthropic"] = "openai"
@@ -175,6 +191,7 @@ class Settings(_Section, frozen=True):
     identity: IdentitySettings = IdentitySettings()
     tls: TlsSettings = TlsSettings()
     upstreams: list[UpstreamSettings] = []
+    cluster: ClusterSettings = ClusterSettings()
     routes: list[RouteSettings] = []
 
     @property

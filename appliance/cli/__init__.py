@@ -26,6 +26,9 @@ COMMAND_MODULES = (
     "models",
     "bundle",
     "sim",
+    "hosts",
+    "install",
+    "clusters",
 )
 
 EXIT_OK = 0

@@ -1,10 +1,10 @@
 """Who is using the console: sign-in, the session cookie and CSRF protection.
 
-Until the identity component publishes user sessions, an operator signs in with an API key
-that has the admin role. The key's secret is kept in an HttpOnly, SameSite=Strict cookie and
-verified (through the gateway's cached verifier) on every request, so revoking the key signs
-the browser out at once. The console forwards it as a bearer token when it calls ``/api`` and
-``/v1`` on the operator's behalf.
+People sign in with a user account of the identity component (``docs/identity.md``): its
+session cookie and CSRF token then authorize the console's pages and the browser's calls to
+``/api``. Scripts' admin API keys work as a second way in: the key's secret is kept in an
+HttpOnly, SameSite=Strict cookie and verified (through the gateway's cached verifier) on every
+request, so revoking the key signs the browser out at once.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING
 import msgspec
 from aiohttp import web
 
+from appliance.identity.http import CSRF_COOKIE as IDENTITY_CSRF_COOKIE
+from appliance.identity.http import SESSION_COOKIE as IDENTITY_COOKIE
+from appliance.identity.http import csrf_token as session_csrf
+from appliance.identity.http import current_user
 from appliance.kernel.errors import ApplianceError
 
 if TYPE_CHECKING:
@@ -35,7 +39,9 @@ class Operator(msgspec.Struct, frozen=True, kw_only=True):
     key_id: str
     bearer: str  # the Authorization header value for calls made on their behalf ("" = none)
     csrf: str
-    via: str  # "api-key" or "open"
+    via: str  # "session" (a user), "api-key" or "open" (auth off)
+    user_id: str = ""
+    session: str = ""  # the identity session cookie, forwarded on the user's behalf
 
     @property
     def is_admin(self) -> bool:
@@ -50,6 +56,11 @@ def csrf_token(session_value: str, secret: bytes) -> str:
 async def current_operator(request: web.Request, services: Services,
                            secret: bytes) -> Operator | None:
     """The operator of this request, or None when nobody (valid) is signed in."""
+    user = await current_user(request)
+    if user is not None and not user.disabled:
+        return Operator(name=user.username, role=user.role, key_id="", bearer="",
+                        csrf=session_csrf(request), via="session", user_id=user.id,
+                        session=request.cookies.get(IDENTITY_COOKIE, ""))
     if not services.settings.auth.required:
         return Operator(name="operator", role="admin", key_id="anonymous", bearer="",
                         csrf=csrf_token("open", secret), via="open")
@@ -87,7 +98,9 @@ def set_session(response: web.StreamResponse, request: web.Request, value: str) 
 
 
 def clear_session(response: web.StreamResponse) -> None:
-    response.del_cookie(SESSION_COOKIE, path="/")
+    """Forget every way this browser was signed in."""
+    for name in (SESSION_COOKIE, IDENTITY_COOKIE, IDENTITY_CSRF_COOKIE):
+        response.del_cookie(name, path="/")
 
 
 def csrf_ok(request: web.Request, operator: Operator, form_value: str = "") -> bool:

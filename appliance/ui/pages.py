@@ -51,7 +51,7 @@ class Page:
     template: str
     view: View
     section: str = "Monitor"
-    admin: bool = True
+    admin: bool = False  # pages for the admin role only; the API checks every action anyway
     nav: bool = True
     summary: str = ""  # one line under the title
 
@@ -66,6 +66,8 @@ class ConsoleState:
     csrf_secret: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     site: str = field(default_factory=socket.gethostname)
     client: aiohttp.ClientSession | None = None
+    # user id -> (Authorization value, expiry) of their playground key; memory only
+    playground_keys: dict[str, tuple[str, float]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     def http(self) -> aiohttp.ClientSession:
@@ -123,7 +125,7 @@ def html_response(text: str, status: int = 200) -> web.Response:
 def base_context(request: web.Request, state: ConsoleState,
                  operator: Operator | None) -> dict[str, Any]:
     nav: list[dict[str, Any]] = []
-    for section in SECTIONS:
+    for section in SECTIONS if operator is not None else ():
         items = [p for p in state.pages if p.section == section and p.nav
                  and (not p.admin or (operator is not None and operator.is_admin))]
         if items:

@@ -9,17 +9,21 @@ metering and audit as any other client.
 
 from __future__ import annotations
 
+import time
+
 import aiohttp
 import msgspec
 from aiohttp import web
 from yarl import URL
 
-from appliance.ui.auth import Operator, csrf_ok, current_operator
+from appliance.identity.http import SESSION_COOKIE as IDENTITY_COOKIE
+from appliance.ui.auth import CSRF_HEADER, Operator, csrf_ok, current_operator
 from appliance.ui.pages import CONSOLE, SECURITY_HEADERS
 
 PASS_BACK = ("Content-Type", "Content-Disposition", "Retry-After", "Cache-Control",
              "X-Sim-Run-Id", "X-Request-Id")
 _SAFE = ("GET", "HEAD")
+PLAYGROUND_KEY_TTL_S = 8 * 3600
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -49,19 +53,57 @@ async def operator_for_call(request: web.Request) -> Operator | web.Response:
     return operator
 
 
+def credentials(operator: Operator) -> dict[str, str]:
+    """Headers that make a loopback call act as the operator."""
+    if operator.via == "session":
+        return {"Cookie": f"{IDENTITY_COOKIE}={operator.session}", CSRF_HEADER: operator.csrf}
+    return {"Authorization": operator.bearer} if operator.bearer else {}
+
+
+async def playground_key(request: web.Request, operator: Operator) -> str | web.Response:
+    """A signed-in user's short-lived inference key for /v1 (the gateway takes keys only).
+
+    Created through ``POST /api/keys`` as the user, so it is permission-checked and audited,
+    and kept in memory only; it expires by itself.
+    """
+    state = request.app[CONSOLE]
+    cached = state.playground_keys.get(operator.user_id)
+    if cached is not None and cached[1] > time.time() + 60:
+        return cached[0]
+    body = {"name": f"console playground ({operator.name})", "role": "inference",
+            "expires_in_s": PLAYGROUND_KEY_TTL_S}
+    async with state.http().post(loopback(request, "/api/keys").with_query(None), json=body,
+                                 headers=credentials(operator), ssl=False) as resp:
+        data = await resp.json(content_type=None)
+        if resp.status != 201:
+            message = (data or {}).get("error", {}).get("message", f"HTTP {resp.status}")
+            return json_error(resp.status, "playground_key", f"cannot create a key for the "
+                              f"playground: {message}")
+    bearer = f"Bearer {data['key']}"
+    state.playground_keys[operator.user_id] = (bearer, time.time() + PLAYGROUND_KEY_TTL_S)
+    return bearer
+
+
 async def forward(request: web.Request, path: str) -> web.StreamResponse:
     """Send this request to ``path`` on this appliance and stream the answer back."""
     operator = await operator_for_call(request)
     if isinstance(operator, web.Response):
         return operator
     headers = {"Content-Type": request.headers.get("Content-Type", "application/json")}
-    if operator.bearer:
-        headers["Authorization"] = operator.bearer
+    if path.startswith("/v1/") and operator.via == "session":
+        bearer = await playground_key(request, operator)
+        if isinstance(bearer, web.Response):
+            return bearer
+        headers["Authorization"] = bearer
+    else:
+        headers.update(credentials(operator))
     session = request.app[CONSOLE].http()
     body = await request.read() if request.can_read_body else None
     try:
         async with session.request(request.method, loopback(request, path), data=body,
                                    headers=headers, ssl=False) as upstream:
+            if upstream.status == 401 and path.startswith("/v1/"):
+                request.app[CONSOLE].playground_keys.pop(operator.user_id, None)
             response = web.StreamResponse(status=upstream.status, headers={
                 **{k: v for k, v in upstream.headers.items() if k in PASS_BACK},
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"})

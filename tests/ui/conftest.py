@@ -18,6 +18,8 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "screenshots"
 VIEWPORT = {"width": 1440, "height": 900}
+ADMIN_USER = "admin"  # the first account, created at first start (docs/identity.md)
+ADMIN_PASSWORD = "console-test-password"
 
 
 def _require_tools() -> None:
@@ -32,9 +34,10 @@ def _require_tools() -> None:
         pytest.fail("front-end libraries are not built (web/static/vendor): run `make web`")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """One headless chromium for the whole session."""
+    """A headless chromium per module: Playwright's sync API keeps an event loop running
+    while it is started, which async tests elsewhere must not find."""
     _require_tools()
     from playwright.sync_api import sync_playwright
 
@@ -51,7 +54,8 @@ def console_server(tmp_path_factory: pytest.TempPathFactory,
     """A real appliance with the starter models, owned by the browser tests."""
     root = tmp_path_factory.mktemp("ui")
     server = spawn_server(root / "data", starter=starter_bundle,
-                          env={"APPLIANCE_METRICS__FLUSH_INTERVAL_S": "0.1"})
+                          env={"APPLIANCE_METRICS__FLUSH_INTERVAL_S": "0.1",
+                               "APPLIANCE_ADMIN_PASSWORD": ADMIN_PASSWORD})
     yield server
     code = server.stop()
     assert code == 0, server.logs()
@@ -90,8 +94,10 @@ def screenshot(page: Any, name: str) -> Path:
     return path
 
 
-def sign_in(page: Any, url: str, key: str) -> None:
+def sign_in(page: Any, url: str, user: str = ADMIN_USER, password: str = ADMIN_PASSWORD) -> None:
+    """Sign in with the user account through the sign-in page."""
     page.goto(url + "/sign-in")
-    page.get_by_label("Admin API key").fill(key)
-    page.get_by_role("button", name="Sign in").click()
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
     page.wait_for_url(url + "/")

@@ -28,7 +28,7 @@ def _axe(page: Any) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("theme", ["light", "dark"])
 def test_every_page_renders_accessibly(page: Any, console_server: ServerProcess,
-                                       admin_key: str, theme: str) -> None:
+                                       theme: str) -> None:
     url = console_server.url
     page.goto(url + "/sign-in")
     page.evaluate(f"localStorage.setItem('fa-theme', '{theme}')")
@@ -37,7 +37,7 @@ def test_every_page_renders_accessibly(page: Any, console_server: ServerProcess,
     if violations := _axe(page):
         problems["/sign-in"] = violations
     screenshot(page, f"{theme}-sign-in")
-    sign_in(page, url, admin_key)
+    sign_in(page, url)
     for path in PAGES:
         page.goto(url + path)
         page.wait_for_load_state("networkidle") if path != "/" else page.wait_for_selector(
@@ -50,10 +50,9 @@ def test_every_page_renders_accessibly(page: Any, console_server: ServerProcess,
     assert not page.watch.errors, json.dumps(page.watch.errors, indent=1)
 
 
-def test_tables_search_sort_and_keyboard(page: Any, console_server: ServerProcess,
-                                         admin_key: str) -> None:
+def test_tables_search_sort_and_keyboard(page: Any, console_server: ServerProcess) -> None:
     url = console_server.url
-    sign_in(page, url, admin_key)
+    sign_in(page, url)
     page.goto(url + "/models")
     search = page.get_by_role("searchbox", name="Search Imported models")
     search.fill("smollm2")

@@ -16,7 +16,7 @@
       series: [{ label: c.xName || "Time", value: c.time === false ? (u, v) => v : "{YYYY}-{MM}-{DD} {HH}:{mm}" }].concat(
         c.series.map((s, i) => ({
           label: s.label, stroke: css("--chart-" + ((i % 3) + 1)), width: 2, spanGaps: false,
-          points: { show: c.points || false },
+          points: { show: c.points || false, size: 6 },
           value: (u, v) => (v === null || v === undefined ? "—" : FA.fmt(v, s.digits === undefined ? 1 : s.digits) + (s.unit || "")),
         }))),
     };

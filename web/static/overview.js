@@ -15,7 +15,8 @@
   function dataFor(name, s) { return [s.t].concat(keys[name].map((k) => s[k])); }
   document.querySelectorAll("[data-chart]").forEach((el) => {
     const name = el.dataset.chart;
-    charts[name] = FA.chart(el, { series: defs[name], data: dataFor(name, first.series) });
+    // percentiles exist only for minutes with traffic: show each as a point too
+    charts[name] = FA.chart(el, { series: defs[name], data: dataFor(name, first.series), points: name === "ttft" || name === "latency" });
   });
 
   function table(rows, head, render) {

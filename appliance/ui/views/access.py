@@ -33,5 +33,5 @@ async def access(req: PageRequest) -> dict[str, Any]:
             "members": by_project}
 
 
-PAGES = (Page("/access", "Projects & users", "access.html", access, section="Access",
+PAGES = (Page("/access", "Projects & users", "access.html", access, section="Access", admin=True,
               summary="Who may do what, in which project, within which quotas."),)

@@ -38,5 +38,5 @@ async def audit(req: PageRequest) -> dict[str, Any]:
             "chained": bool(entries) and "hash" in entries[0]}
 
 
-PAGES = (Page("/audit", "Audit", "audit.html", audit, section="Access",
+PAGES = (Page("/audit", "Audit", "audit.html", audit, section="Access", admin=True,
               summary="Every change: who, what, when, from where; tamper-evident."),)
