@@ -13,10 +13,12 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import ssl
 import time
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import msgspec
@@ -202,13 +204,14 @@ class OidcClient:
         form = {"grant_type": "authorization_code", "code": code,
                 "redirect_uri": self.settings.redirect_uri, "code_verifier": verifier,
                 "client_id": self.settings.client_id}
-        import os
-
         secret = os.environ.get(self.settings.client_secret_env, "") \
             if self.settings.client_secret_env else ""
-        auth = aiohttp.BasicAuth(self.settings.client_id, secret) if secret else None
+        headers = {}
+        if secret:  # client_secret_basic: both parts form-encoded first (RFC 6749 2.3.1)
+            pair = f"{quote(self.settings.client_id, safe='')}:{quote(secret, safe='')}"
+            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
         async with aiohttp.ClientSession(timeout=self._timeout()) as session, \
-                session.post(meta["token_endpoint"], data=form, auth=auth,
+                session.post(meta["token_endpoint"], data=form, headers=headers,
                              ssl=self._ssl()) as resp:
             body: dict[str, Any] = await resp.json(content_type=None)
             if resp.status != 200 or "id_token" not in body:
