@@ -6,7 +6,7 @@ STARTER = $(HOME)/.cache/foundry-appliance/bundles/starter
 # portable llama.cpp build (no -march=native), cached in pip's wheel cache after the first time
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: run test install bundle lint bench clean web
+.PHONY: run test install bundle lint bench clean web dist dist-onedir smoke
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "need $(PYTHON)"; exit 1; }
@@ -44,6 +44,17 @@ lint: install
 
 bench: install bundle
 	$(PY) bench/gateway.py
+
+# The frozen binary (PyInstaller, appliance.spec): dist/appliance, or a folder build.
+dist: install
+	build/build.sh
+
+dist-onedir: install
+	build/build.sh --onedir
+
+# Run dist/appliance from outside the checkout: serve, /ready, chat, embedding, SIGTERM.
+smoke: bundle
+	build/smoke.sh
 
 clean:
 	rm -rf $(VENV) dist build/out
