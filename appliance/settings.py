@@ -150,6 +150,10 @@ class ClusterSettings(_Section, frozen=True):
     engine_port: int = 8401  # port an engine host serves on
     engine_command: list[str] = []  # default: this program again (`appliance engine`)
     engine_ready_timeout_s: float = 180.0
+    # gateway timeouts of engine-host upstreams: a host cut off mid-connection is noticed
+    # only by this timeout (TCP would retry for minutes), then the route's next target serves
+    engine_connect_timeout_s: float = 3.0
+    engine_first_byte_timeout_s: float = 60.0
 
 
 class UpstreamSettings(_Section, frozen=True, kw_only=True):

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from appliance.cluster.secrets import seal, unseal
+from appliance.cluster.secrets import HOST_SECRET, seal, unseal
 from appliance.kernel.errors import BadRequest, Conflict, NotFound
 from appliance.store.state import StateStore
 
@@ -93,10 +93,6 @@ def check_host_input(host: HostInput) -> None:
         raise BadRequest("a host cannot be its own jump host", param="jump_host")
 
 
-def _purpose(name: str) -> str:
-    return f"host:{name}"
-
-
 def _row_to_host(row: Any) -> Host:
     keys = row.keys()
     return Host(name=row["name"], address=row["address"], port=row["port"], user=row["user"],
@@ -122,8 +118,7 @@ async def add_host(store: StateStore, data_dir: Path, host: HostInput, *,
         raise BadRequest(f"jump host {host.jump_host!r} is not in the inventory",
                          param="jump_host")
     auth = "key" if host.private_key else "password"
-    secret = seal(data_dir, (host.private_key or host.password).encode(),
-                  purpose=_purpose(host.name))
+    secret = await seal(data_dir, host.private_key or host.password, purpose=HOST_SECRET)
     now = time.time()
     async with store.transaction() as conn:
         cur = await conn.execute("SELECT address, port FROM hosts WHERE name=?", (host.name,))
@@ -170,7 +165,7 @@ async def credentials(store: StateStore, data_dir: Path, name: str) -> Credentia
     row = await store.fetchone("SELECT auth, secret FROM hosts WHERE name=?", (name,))
     if row is None:
         raise NotFound(f"no host {name!r} in the inventory", param="name")
-    secret = unseal(data_dir, bytes(row["secret"]), purpose=_purpose(name)).decode()
+    secret = await unseal(data_dir, row["secret"], purpose=HOST_SECRET)
     if row["auth"] == "key":
         return Credentials(private_key=secret)
     return Credentials(password=secret)

@@ -1,64 +1,28 @@
-"""Sealing of the inventory's secrets (SSH keys, passwords, kubeconfigs) at rest.
+"""Sealing of the inventory's secrets (SSH keys, passwords, kubeconfigs, engine tokens).
 
-Every secret column goes through ``seal``/``unseal`` only, so moving to the identity
-component's keyring (``appliance.identity.secrets``, AES-256-GCM envelopes) is one edit here.
-Until then: AES-256-GCM with a 256-bit key in ``<data_dir>/keys/cluster-secrets.key`` (mode
-0600), a random 96-bit nonce per value, and the value's purpose bound as associated data so a
-sealed password cannot be replayed as another host's key.
+Every secret of this component goes through ``seal``/``unseal`` only; they use the identity
+component's envelope encryption (``appliance.identity.secrets``: AES-256-GCM, a data key per
+value wrapped by the data dir's master key). The purpose names the column, so a sealed
+password does not open as a kubeconfig, and ``rotate_master`` can re-wrap every value.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from appliance.identity.secrets import SecretBox
 
-from appliance.kernel.errors import ApplianceError
-
-MAGIC = b"FAS1"
-KEY_FILE = Path("keys") / "cluster-secrets.key"
+HOST_SECRET = "hosts.secret"
+CLUSTER_KUBECONFIG = "clusters.kubeconfig"
+ENGINE_TOKEN = "engine_hosts.token"
 
 
-class SecretError(ApplianceError, ValueError):
-    """A sealed value that cannot be opened (wrong key, tampered, wrong purpose)."""
-
-    code = "secret_error"
-
-
-def _key(data_dir: Path) -> bytes:
-    path = data_dir / KEY_FILE
-    try:
-        key = path.read_bytes()
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = AESGCM.generate_key(bit_length=256)
-        # O_EXCL: when two processes race, one writes and both then read the same key
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as out:
-            out.write(key)
-    if len(key) != 32:
-        raise SecretError(f"{path} is not a 256-bit key")
-    return key
+async def seal(data_dir: Path, plaintext: str, *, purpose: str) -> str:
+    """Encrypt ``plaintext`` for storage (an ``enc1.`` envelope)."""
+    return await SecretBox(data_dir).seal_async(plaintext, purpose)
 
 
-def seal(data_dir: Path, plaintext: bytes, *, purpose: str) -> bytes:
-    """Encrypt ``plaintext`` for storage; ``purpose`` (e.g. ``host:gpu1``) is authenticated."""
-    nonce = os.urandom(12)
-    return MAGIC + nonce + AESGCM(_key(data_dir)).encrypt(nonce, plaintext, purpose.encode())
-
-
-def unseal(data_dir: Path, sealed: bytes, *, purpose: str) -> bytes:
+async def unseal(data_dir: Path, sealed: str | bytes, *, purpose: str) -> str:
     """The plaintext of a value made by ``seal`` with the same ``purpose``."""
-    if not sealed.startswith(MAGIC) or len(sealed) < len(MAGIC) + 12 + 16:
-        raise SecretError(f"stored secret for {purpose} is not a sealed value")
-    nonce = sealed[len(MAGIC):len(MAGIC) + 12]
-    try:
-        return AESGCM(_key(data_dir)).decrypt(nonce, sealed[len(MAGIC) + 12:], purpose.encode())
-    except InvalidTag:
-        raise SecretError(f"stored secret for {purpose} cannot be opened with this data "
-                          "directory's key") from None
+    value = sealed.decode() if isinstance(sealed, bytes) else sealed
+    return (await SecretBox(data_dir).open_async([value], purpose))[0]

@@ -86,6 +86,7 @@ class HostService:
         self.blob_path = blob_path or (lambda digest: data_dir / "blobs" / digest)
         self.live: dict[str, ProgressLog] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
+        self._route_lock = asyncio.Lock()  # read-modify-write of routes
 
     async def _offered_key(self, name: str, key: str, fp: str) -> None:
         with contextlib.suppress(ApplianceError):
@@ -327,8 +328,21 @@ class HostService:
                                     upstream=upstream, route=route, base_url=base_url,
                                     status="failed", error=res.error)
         await routing.put_upstream(self.store, routing.UpstreamRecord(
-            name=upstream, base_url=base_url, api_key=token, connect_timeout_s=3.0))
-        target = f"{upstream}:{model.name}"
+            name=upstream, base_url=base_url, api_key=token,
+            connect_timeout_s=self.settings.engine_connect_timeout_s,
+            first_byte_timeout_s=self.settings.engine_first_byte_timeout_s))
+        await self.add_route_target(route, f"{upstream}:{model.name}")
+        await self.wait_serving(base_url, token, model.name)
+        return EngineHostResult(install_id=install_id, host=host_name, model=model.name,
+                                upstream=upstream, route=route, base_url=base_url,
+                                status="serving")
+
+    async def add_route_target(self, route: str, target: str) -> None:
+        """Add ``target`` to route ``route`` (created when missing), keeping its others."""
+        async with self._route_lock:
+            await self._add_route_target(route, target)
+
+    async def _add_route_target(self, route: str, target: str) -> None:
         existing = {r.model: r for r in await routing.list_routes(self.store)}
         current = existing.get(route)
         targets = list(current.targets) if current else []
@@ -339,23 +353,28 @@ class HostService:
             strategy=current.strategy if current else "least_outstanding",
             weights=[] if current is None or len(current.weights) != len(targets)
             else list(current.weights)))
-        await self.wait_serving(base_url, token, model.name)
-        return EngineHostResult(install_id=install_id, host=host_name, model=model.name,
-                                upstream=upstream, route=route, base_url=base_url,
-                                status="serving")
 
     async def _engine_token(self, host: str, model: str) -> str:
         """The bearer token of an engine host: kept (sealed) so re-runs stay idempotent."""
-        from appliance.cluster.secrets import seal, unseal
+        from appliance.cluster.secrets import ENGINE_TOKEN, seal, unseal
 
+        # the upstream's API key is this token (sealed by the gateway's routing table)
+        for up in await routing.list_upstreams(self.store):
+            if up.name == f"engine-{host}"[:63] and up.api_key:
+                return up.api_key
         path = self.data_dir / "keys" / "engine-tokens" / f"{host}--{model}"
-        purpose = f"engine:{host}:{model}"
-        if path.exists():
-            return unseal(self.data_dir, path.read_bytes(), purpose=purpose).decode()
+        if await asyncio.to_thread(path.exists):
+            return await unseal(self.data_dir, await asyncio.to_thread(path.read_text),
+                                purpose=ENGINE_TOKEN)
         token = secrets.token_urlsafe(32)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.write_bytes(seal(self.data_dir, token.encode(), purpose=purpose))
-        path.chmod(0o600)
+        sealed = await seal(self.data_dir, token, purpose=ENGINE_TOKEN)
+
+        def write() -> None:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(sealed)
+            path.chmod(0o600)
+
+        await asyncio.to_thread(write)
         return token
 
     async def wait_serving(self, base_url: str, token: str, model: str, *,

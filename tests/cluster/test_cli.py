@@ -68,4 +68,4 @@ def test_hosts_and_install_commands(farm: HostFarm, tmp_path: Path) -> None:
 
     row = sqlite3.connect(Path(data) / "state.db").execute(
         "SELECT secret FROM hosts WHERE name='gpu1'").fetchone()
-    assert row[0].startswith(b"FAS1") and b"PRIVATE KEY" not in row[0]
+    assert row[0].startswith("enc1.") and "PRIVATE KEY" not in row[0]
