@@ -188,7 +188,7 @@ def _restart(prefix: Path, skip: bool) -> None:
             print(f"upgrade: restarted {SERVICE_NAME}; state migrations run as it starts")
             return
         print(f"upgrade: warning: systemctl try-restart failed: {out.stderr.strip()}")
-    print("upgrade: restart the appliance to run the new binary; "
+    print("upgrade: restart the appliance to run the installed binary; "
           "state migrations run as it starts")
 
 
