@@ -48,8 +48,8 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the top-level parser with every command group registered."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """Build the top-level parser with every command group (or just ``only``) registered."""
     parser = argparse.ArgumentParser(
         prog="appliance",
         description="Foundry Appliance: an air-gapped AI platform in one process.",
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, nargs=0,
                         help="print version, build date and git revision, then exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else (only,):
         module = importlib.import_module(f"appliance.cli.{name}")
         module.register(sub)
     return parser
@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `appliance` console script."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Engine workers start often and on the serving path: skip the other command modules.
+    parser = build_parser(only="engine" if argv[:1] == ["engine"] else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
