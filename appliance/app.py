@@ -18,9 +18,10 @@ from aiohttp import web
 from appliance import __version__
 from appliance.bundle.http import add_routes as add_bundle_routes
 from appliance.bundle.importer import import_bundle
+from appliance.cluster.http import add_routes as add_cluster_routes
 from appliance.content.registry import add_routes as add_registry_routes
 from appliance.content.store import BlobStore
-from appliance.control import ControlApi, json_response
+from appliance.control import OPERATIONS, ControlApi, json_response
 from appliance.engines.supervisor import EngineState, EngineSupervisor
 from appliance.gateway.http import GatewayViews, openai_errors
 from appliance.gateway.keys import KeyVerifier
@@ -272,4 +273,5 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.cleanup_ctx.extend([_state_ctx, _identity_ctx, _metrics_ctx, _engines_ctx, _gateway_ctx])
     add_bundle_routes(app, services)
+    add_cluster_routes(app, services, OPERATIONS)  # after _state_ctx: it uses the store
     return app

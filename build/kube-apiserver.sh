@@ -89,14 +89,17 @@ done
 
 # The tarball lacks the generated OpenAPI definitions.
 openapi=$tree/pkg/generated/openapi/zz_generated.openapi.go
-if [[ ! -s $openapi ]]; then
+if [[ ! -s $openapi ]] || ! grep -q apiextensions "$openapi"; then
   log "generating OpenAPI definitions"
   (cd "$pkgroot" && go build -o "$WORK/openapi-gen" ./vendor/k8s.io/kube-openapi/cmd/openapi-gen)
-  pkgs=$(cd "$pkgroot" && grep -rl --include='*.go' --exclude='*_test.go' '+k8s:openapi-gen=' \
-      pkg vendor/k8s.io 2>/dev/null | xargs -n1 dirname | sort -u \
-    | grep -v -E '(^|/)(testdata|_examples|fixtures|third_party)(/|$)' \
-    | sed -e 's#^vendor/##' -e 's#^pkg/#k8s.io/kubernetes/pkg/#' | paste -sd, -)
-  boiler=$tree/hack/boilerplate/boilerplate.generatego.txt
+  # as upstream's Makefile.generated_files (KUBE target): every tagged dir, by its path under
+  # k8s.io/kubernetes (vendored ones too; -R: vendor/k8s.io/* are symlinks into staging/),
+  # minus code-generator and sample-apiserver
+  pkgs=$(cd "$pkgroot" && grep -Rl --include='*.go' '+k8s:openapi-gen=' pkg cmd plugin vendor/k8s.io \
+      2>/dev/null | xargs -n1 dirname | LC_ALL=C sort -u \
+    | grep -v -E '^vendor/k8s.io/(code-generator|sample-apiserver)/' \
+    | sed -e 's#^#k8s.io/kubernetes/#' | paste -sd, -)
+  boiler=$tree/vendor/k8s.io/code-generator/hack/boilerplate.go.txt
   (cd "$pkgroot" && "$WORK/openapi-gen" --logtostderr -i "$pkgs" \
     -p k8s.io/kubernetes/pkg/generated/openapi -O zz_generated.openapi \
     -h "$boiler" -r "$WORK/openapi-violations.txt" -o "$GOPATH/src" >"$WORK/openapi-gen.log" 2>&1) \

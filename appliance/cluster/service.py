@@ -87,6 +87,9 @@ class HostService:
         self.live: dict[str, ProgressLog] = {}
         self._tasks: dict[str, asyncio.Task[Any]] = {}
         self._route_lock = asyncio.Lock()  # read-modify-write of routes
+        # identity.secrets creates the master key on first use without a lock: two first
+        # seals at once can race (reported); seal one at a time here
+        self._seal_lock = asyncio.Lock()
 
     async def _offered_key(self, name: str, key: str, fp: str) -> None:
         with contextlib.suppress(ApplianceError):
@@ -99,7 +102,8 @@ class HostService:
                        replace: bool = False) -> AddHostResult:
         """Record a host, then fetch the key it offers: accept it when told to (or when it
         matches ``expected_fingerprint``), otherwise show it for the operator to accept."""
-        saved = await inventory.add_host(self.store, self.data_dir, host, replace=replace)
+        async with self._seal_lock:
+            saved = await inventory.add_host(self.store, self.data_dir, host, replace=replace)
         try:
             jump = None
             if host.jump_host:

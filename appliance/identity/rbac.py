@@ -49,6 +49,10 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("users.read", "list user accounts"),
     Permission("users.write", "create, disable, change role of and reset user accounts"),
     Permission("audit.read", "read and verify the audit trail"),
+    Permission("hosts.read", "list hosts, their facts, playbooks and installs"),
+    Permission("hosts.write", "add and remove hosts, accept host keys, run playbooks on hosts"),
+    Permission("deployments.read", "list model deployments and their progress"),
+    Permission("deployments.write", "propose, confirm and delete model deployments"),
 )
 ALL_PERMISSIONS = frozenset(p.name for p in PERMISSIONS)
 
@@ -56,7 +60,8 @@ _VIEWER = frozenset({"status.read", "models.read", "engines.read", "routes.read"
                      "upstreams.read", "usage.read", "registry.read", "sim.read"})
 _DEVELOPER = _VIEWER | {"sim.run"}
 _OPERATOR = _DEVELOPER | {"routes.write", "upstreams.write", "bundles.import", "audit.read",
-                          "users.read"}
+                          "users.read", "hosts.read", "hosts.write", "deployments.read",
+                          "deployments.write"}
 
 GLOBAL_ROLES: dict[str, frozenset[str]] = {
     "admin": ALL_PERMISSIONS,
@@ -141,6 +146,23 @@ ROUTE_RULES: tuple[RouteRule, ...] = (
     R("DELETE", "/api/projects/{id}/members/{user_id}", "projects.members", "project"),
     R("GET", "/api/audit", "audit.read"),
     R("GET", "/api/audit/verify", "audit.read"),
+    # hosts, installs and deployments (appliance/cluster)
+    R("GET", "/api/hosts", "hosts.read"),
+    R("POST", "/api/hosts", "hosts.write"),
+    R("GET", "/api/hosts/{name}", "hosts.read"),
+    R("DELETE", "/api/hosts/{name}", "hosts.write"),
+    R("POST", "/api/hosts/{name}/accept-key", "hosts.write"),
+    R("POST", "/api/hosts/{name}/check", "hosts.write"),
+    R("GET", "/api/playbooks", "hosts.read"),
+    R("GET", "/api/installs", "hosts.read"),
+    R("POST", "/api/installs", "hosts.write"),
+    R("GET", "/api/installs/{id}", "hosts.read"),
+    R("GET", "/api/installs/{id}/events", "hosts.read"),
+    R("GET", "/api/deployments", "deployments.read"),
+    R("POST", "/api/deployments", "deployments.write"),
+    R("GET", "/api/deployments/{id}", "deployments.read"),
+    R("POST", "/api/deployments/{id}/confirm", "deployments.write"),
+    R("DELETE", "/api/deployments/{id}", "deployments.write"),
 )
 del R
 

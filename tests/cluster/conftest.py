@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from appliance.store.state import StateStore
+from tests.cluster.kubeapi import KubeApi, kube_api
 from tests.cluster.testhosts import HostFarm
 
 FIXTURES = Path(__file__).parent / "data"
@@ -29,3 +30,10 @@ async def store(tmp_path: Path) -> AsyncIterator[StateStore]:
     await s.open()
     yield s
     await s.close()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeApi]:
+    """One real kube-apiserver (1.20) with etcd per test session."""
+    with kube_api(tmp_path_factory.mktemp("kube")) as api:
+        yield api
