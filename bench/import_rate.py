@@ -120,8 +120,9 @@ def push_blob(base: str, repo: str, path: Path, digest: str) -> None:
     if location.startswith("/"):
         location = base + location
     sep = "&" if "?" in location else "?"
+    # -T streams the file (--data-binary would load all of it into memory first)
     subprocess.run(["curl", "-sf", "-X", "PUT", "-H", "Content-Type: application/octet-stream",
-                    "--data-binary", f"@{path}", f"{location}{sep}digest={digest}"],
+                    "-T", str(path), f"{location}{sep}digest={digest}"],
                    check=True, capture_output=True)
 
 
