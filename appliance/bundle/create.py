@@ -22,6 +22,7 @@ from appliance.bundle.format import (
     MODEL_CONFIG,
     MODEL_LAYER,
     OCI_MANIFEST,
+    PLATFORM,
     REF_NAME,
     TITLE,
     BundleEntry,
@@ -36,6 +37,7 @@ from appliance.bundle.format import (
 )
 from appliance.bundle.images import Image, Opener, resolve_image, split_name
 from appliance.bundle.parts import part_name
+from appliance.bundle.pull import parse_reference
 from appliance.bundle.recipe import Recipe, RecipeFile, RecipeModel, resolve_source
 from appliance.bundle.signing import SIGNATURE_FILE, sign_manifest
 from appliance.kernel.errors import BadRequest
@@ -137,8 +139,11 @@ def _add_image(writer: _Writer, image: Image, ref: str) -> Descriptor:
         if got != digest:
             raise BadRequest(f"image {ref}: layer {digest} does not match its digest; the "
                              "source is damaged")
+    annotations = {REF_NAME: ref, KIND: "image"}
+    if image.platform:
+        annotations[PLATFORM] = image.platform
     return Descriptor(mediaType=image.media_type, digest=image.digest, size=image.size,
-                      annotations={REF_NAME: ref, KIND: "image"})
+                      annotations=annotations)
 
 
 def source_sizes(recipe: Recipe) -> tuple[dict[str, dict[str, Path]], int]:
@@ -152,6 +157,9 @@ def source_sizes(recipe: Recipe) -> tuple[dict[str, dict[str, Path]], int]:
         total += sum(p.stat().st_size for p in files.values())
     for image in recipe.images:
         split_name(image.name)
+        scheme, _, rest = image.source.partition(":")
+        if scheme == "registry":
+            parse_reference(rest)  # a bad reference fails before anything is downloaded
     return resolved, total
 
 
@@ -204,7 +212,7 @@ def create_bundle(recipe: Recipe, out: Path, *, progress: Progress | None = None
                                     manifest=desc.digest))
     for image in recipe.images:
         repo, tag = split_name(image.name)
-        resolved_image = resolve_image(image.source)
+        resolved_image = resolve_image(image.source, insecure=image.insecure)
         try:
             descriptors.append(_add_image(writer, resolved_image, f"{repo}:{tag}"))
         finally:

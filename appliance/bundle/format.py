@@ -32,6 +32,8 @@ EMPTY_CONFIG = "application/vnd.oci.empty.v1+json"
 TITLE = "org.opencontainers.image.title"
 REF_NAME = "org.opencontainers.image.ref.name"
 KIND = "dev.foundry.kind"
+# on an image index pulled from a registry: the one platform whose manifest the bundle carries
+PLATFORM = "dev.foundry.platform"
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 

@@ -1,4 +1,5 @@
-"""Container images for bundles (connected side): from an OCI layout or a ``docker save`` tar.
+"""Container images for bundles (connected side): from an OCI layout, a ``docker save`` tar or a
+registry (``registry:``, pulled through the OCI distribution API by ``appliance.bundle.pull``).
 
 An image lands in the bundle's own OCI layout byte for byte (manifests, configs and layers
 keep their digests); a ``docker save`` archive is turned into an OCI image manifest over its
@@ -67,6 +68,7 @@ class Image:
     documents: dict[str, bytes]  # manifests, indexes and configs, by digest
     blobs: dict[str, tuple[int, Opener]]  # layers: digest -> (size, opener)
     close: Callable[[], None] = lambda: None
+    platform: str = ""  # set when the top is an index carrying only this platform's manifest
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -92,9 +94,15 @@ def media_type_of(doc: bytes) -> str:
     return OCI_IMAGE_INDEX if parsed.manifests else OCI_IMAGE_MANIFEST
 
 
-def resolve_image(source: str) -> Image:
-    """``oci-layout:/path:tag`` or ``docker-archive:/path.tar`` → the image's blobs."""
+def resolve_image(source: str, *, insecure: bool = False, cache: Path | None = None) -> Image:
+    """``oci-layout:/path:tag``, ``docker-archive:/path.tar`` or ``registry:HOST/REPO:TAG``
+    (downloaded over HTTPS, or plain HTTP when ``insecure``) → the image's blobs."""
     scheme, _, rest = source.partition(":")
+    if scheme == "registry":
+        from appliance.bundle.pull import pull_image
+        from appliance.bundle.recipe import cache_dir
+
+        return pull_image(rest, insecure=insecure, cache=cache or cache_dir())
     if scheme == "oci-layout":
         path, _, tag = rest.rpartition(":")
         if not path:
@@ -103,7 +111,8 @@ def resolve_image(source: str) -> Image:
     if scheme == "docker-archive":
         return _from_docker_archive(Path(rest))
     raise BadRequest(f"image source {source!r}: unknown scheme {scheme!r} "
-                     "(use oci-layout:/path:tag or docker-archive:/path.tar)")
+                     "(use oci-layout:/path:tag, docker-archive:/path.tar or "
+                     "registry:HOST[:PORT]/REPOSITORY:TAG)")
 
 
 def _sha(data: bytes) -> str:

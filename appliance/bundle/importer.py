@@ -26,6 +26,7 @@ from appliance.bundle.format import (
     KIND,
     MODEL_ARTIFACT,
     MODEL_CONFIG,
+    PLATFORM,
     REF_NAME,
     TITLE,
     BundleFile,
@@ -282,14 +283,21 @@ def _images(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
                 continue  # a model name the registry grammar cannot carry: not served there
             raise BundleInvalid(f"index.json: {exc.message}") from None
         manifests: list[tuple[str, str, int]] = []
-        _image_tree(store, by_path, desc.digest, desc.mediaType, manifests, ref)
+        _image_tree(store, by_path, desc.digest, desc.mediaType, manifests, ref,
+                    platform=desc.annotations.get(PLATFORM, ""))
         found.append(ImageRecord(repository=repo, tag=tag, digest=desc.digest,
                                  media_type=desc.mediaType, manifests=manifests))
     return found
 
 
 def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
-                media_type: str, out: list[tuple[str, str, int]], ref: str) -> None:
+                media_type: str, out: list[tuple[str, str, int]], ref: str, *,
+                platform: str = "") -> None:
+    """Record a manifest and its children; each must be in the bundle with its blobs.
+
+    ``platform`` marks an index pulled from a registry that carries one platform's manifest
+    only: its other children are served as unknown (the index itself stays verbatim).
+    """
     if not DIGEST_RE.match(digest) or blob_path(digest) not in by_path:
         raise BundleInvalid(f"image {ref}: manifest {digest} is not in the bundle")
     raw = store.path(digest).read_bytes()
@@ -300,7 +308,14 @@ def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
     out.append((digest, media_type or media_type_of(raw), len(raw)))
     if len(out) > 1000:
         raise BundleInvalid(f"image {ref}: too many nested manifests")
-    for child in doc.manifests:
+    children = doc.manifests
+    if platform and children:
+        children = [c for c in children
+                    if DIGEST_RE.match(c.digest) and blob_path(c.digest) in by_path]
+        if not children:
+            raise BundleInvalid(f"image {ref}: the index's {platform} manifest is not in "
+                                "the bundle")
+    for child in children:
         _image_tree(store, by_path, child.digest, child.mediaType, out, ref)
     for blob in [*([doc.config] if doc.config else []), *doc.layers]:
         if not DIGEST_RE.match(blob.digest) or blob_path(blob.digest) not in by_path:

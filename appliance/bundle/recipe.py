@@ -26,6 +26,7 @@ class RecipeModel(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class RecipeImage(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: str
     source: str
+    insecure: bool = False  # registry: sources only: plain HTTP instead of HTTPS
 
 
 class RecipeFile(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -54,6 +55,10 @@ def load_recipe(path: Path) -> Recipe:
     for item in items:
         if not NAME_RE.match(item.name):
             raise BadRequest(f"recipe {path}: name {item.name!r} must match {NAME_RE.pattern}")
+    for image in recipe.images:
+        if image.insecure and not image.source.startswith("registry:"):
+            raise BadRequest(f"recipe {path}: image {image.name!r}: insecure = true applies "
+                             "to registry: sources only")
     return recipe
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +192,70 @@ def make_docker_archive(path: Path, text: bytes = b"hello from docker save\n") -
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return _sha(layer)
+
+
+# --- a source registry for `registry:` recipe sources: Debian's docker-registry -------------
+
+SOURCE_REGISTRY_APT = "apt-get install -y docker-registry skopeo"
+
+
+@pytest.fixture
+def source_registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's ``docker-registry`` (distribution 2.x) on loopback; yields ``127.0.0.1:PORT``."""
+    import shutil
+    import subprocess
+    import time
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    binary = shutil.which("docker-registry")
+    if binary is None:
+        pytest.fail(f"docker-registry is not installed; install it with `{SOURCE_REGISTRY_APT}`")
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+                      f"    rootdirectory: {tmp_path / 'registry'}\n"
+                      f"http:\n  addr: 127.0.0.1:{port}\n")
+    log = (tmp_path / "registry.log").open("wb")
+    proc = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    try:
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        else:
+            pytest.fail("docker-registry did not start")
+        if proc.poll() is not None:
+            pytest.fail("docker-registry exited:\n" + (tmp_path / "registry.log").read_text())
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def skopeo_push(layout: Path, tag: str, dest: str, *, all_platforms: bool = False) -> None:
+    """``skopeo copy oci:LAYOUT:TAG docker://DEST`` into a plain-HTTP registry."""
+    import shutil
+    import subprocess
+
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        pytest.fail(f"skopeo is not installed; install it with `{SOURCE_REGISTRY_APT}`")
+    policy = layout.parent / "policy.json"
+    policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    args = [skopeo, "--policy", str(policy), "copy", "--dest-tls-verify=false"]
+    if all_platforms:
+        args.append("--all")
+    result = subprocess.run([*args, f"oci:{layout}:{tag}", f"docker://{dest}"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
