@@ -253,4 +253,5 @@ class GatewayViews:
                 status=outcome.status or 500, error=outcome.error,
                 stream=bool(call and call.stream), prompt_tokens=outcome.prompt_tokens,
                 completion_tokens=outcome.completion_tokens, ttft_ms=outcome.ttft_ms,
-                latency_ms=(time.monotonic() - started) * 1000))
+                latency_ms=(time.monotonic() - started) * 1000,
+                user_id=key.created_by if key else ""))

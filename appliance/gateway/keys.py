@@ -34,6 +34,7 @@ class ApiKey(msgspec.Struct, kw_only=True):
     allowed_ips: list[str] = []
     tokens_per_day: int | None = None
     tokens_per_month: int | None = None
+    created_by: str = ""  # "user:NAME", "cli", ...: usage is attributed to this user
 
     @property
     def active(self) -> bool:
@@ -65,7 +66,7 @@ def hash_secret(secret: str) -> str:
 
 
 _COLUMNS = ("id, name, project_id, prefix, role, models, rpm, tpm, created_at, expires_at,"
-            " revoked_at, allowed_ips, tokens_per_day, tokens_per_month")
+            " revoked_at, allowed_ips, tokens_per_day, tokens_per_month, created_by")
 
 
 def _from_row(row: object) -> ApiKey:
@@ -109,12 +110,12 @@ async def create_key(store: StateStore, *, name: str, project_id: str = "default
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     async with store.transaction() as conn:
         await conn.execute(
-            f"INSERT INTO api_keys ({_COLUMNS}, secret_hash, created_by)"
+            f"INSERT INTO api_keys ({_COLUMNS}, secret_hash)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key_id, name.strip(), project_id, secret[:10], role,
              msgspec.json.encode(models or []).decode(), rpm, tpm, time.time(), expires_at,
              None, msgspec.json.encode(networks).decode(), tokens_per_day, tokens_per_month,
-             hash_secret(secret), actor))
+             actor, hash_secret(secret)))
         await audit.record_async(
             conn, actor=actor, action="key.create", target=key_id,
             detail={"name": name.strip(), "project": project_id, "role": role,

@@ -39,6 +39,7 @@ class RequestRecord(msgspec.Struct, array_like=True):
     completion_tokens: int
     ttft_ms: float | None
     latency_ms: float
+    user_id: str = ""  # who owns the key: usage per user
 
 
 _COLUMNS = list(RequestRecord.__struct_fields__)
@@ -66,9 +67,12 @@ CREATE TABLE IF NOT EXISTS requests (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     ttft_ms DOUBLE,
-    latency_ms DOUBLE NOT NULL
+    latency_ms DOUBLE NOT NULL,
+    user_id VARCHAR NOT NULL DEFAULT ''
 )
 """
+# Metrics files made before a column existed get it added (at the end, like the Struct).
+_UPGRADES = ("ALTER TABLE requests ADD COLUMN IF NOT EXISTS user_id VARCHAR DEFAULT ''",)
 
 
 _TICK = object()  # "the flush interval passed"
@@ -119,6 +123,8 @@ class MetricsWriter:
             # one DuckDB thread: ingest is tiny and idle worker threads cost the gateway CPU
             conn = duckdb.connect(str(self.path), config={"threads": 1})
             conn.execute(_SCHEMA)
+            for statement in _UPGRADES:
+                conn.execute(statement)
         except Exception as exc:  # reported to start()
             self._ready.set_exception(exc)
             return

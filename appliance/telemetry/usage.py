@@ -10,7 +10,7 @@ import msgspec
 from appliance.kernel.errors import BadRequest
 
 GROUPS = {"model": "model", "key": "key_id", "route": "route", "project": "project_id",
-          "target": "target", "endpoint": "endpoint"}
+          "target": "target", "endpoint": "endpoint", "user": "user_id"}
 
 
 class UsageRow(msgspec.Struct, kw_only=True):

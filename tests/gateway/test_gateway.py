@@ -64,6 +64,18 @@ async def test_chat_routes_to_upstream_and_records_usage(appliance: Any) -> None
     await up.close()
 
 
+async def test_usage_is_attributed_to_the_keys_owner(appliance: Any) -> None:
+    up = await _upstream()
+    client = await appliance(_config(("gpu-a", str(up.make_url("/v1")))))
+    store = client.server.app[_services_key()].store
+    created = await create_key(store, name="alice's app", role="admin", actor="user:alice")
+    headers = {"Authorization": f"Bearer {created.key}"}
+    assert (await client.post("/v1/chat/completions", json=CHAT, headers=headers)).status == 200
+    await asyncio.sleep(0.2)
+    usage = await (await client.get("/api/usage?group_by=user", headers=headers)).json()
+    assert [(r["group"], r["requests"]) for r in usage["rows"]] == [("user:alice", 1)]
+
+
 async def test_stream_is_passed_through_byte_for_byte(appliance: Any) -> None:
     up = await _upstream(reply="one two three four")
     client = await appliance(_config(("gpu-a", str(up.make_url("/v1")))))
