@@ -4,9 +4,10 @@
 Load comes from `wrk` (Debian package) in its own process; the upstream and the appliance run
 in their own processes too. Auth and metering are on. Prints req/s and P50/P99 per concurrency
 and the latency the gateway adds; `--tokens` also compares the starter model's tokens/s through
-the gateway with the llama.cpp worker called directly.
+the gateway with the llama.cpp worker called directly; `--peers` adds LiteLLM proxy and
+TensorZero (bench/peers.py: a side venv, set up from PyPI on first use) against the same upstream.
 
-    python bench/gateway.py [--duration 10] [--tokens]
+    python bench/gateway.py [--duration 10] [--tokens] [--peers]
 """
 
 from __future__ import annotations
@@ -26,8 +27,20 @@ import time
 import urllib.request
 from pathlib import Path
 
+import peers  # bench/peers.py: this script's folder is first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
-BODY = json.dumps({"model": "bench", "messages": [{"role": "user", "content": "hi"}]})
+
+
+def bench_body(model: str = "bench") -> str:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "hi"}]})
+
+
+BODY = bench_body()
+
+
+class WrkError(RuntimeError):
+    """A wrk run that saw non-2xx answers."""
 
 
 def free_port() -> int:
@@ -49,10 +62,11 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise SystemExit(f"{url} did not come up")
 
 
-def wrk(url: str, key: str, conns: int, duration: int) -> tuple[float, float, float]:
+def wrk(url: str, key: str, conns: int, duration: int,
+        model: str = "bench") -> tuple[float, float, float]:
     """(req/s, p50 ms, p99 ms) from one wrk run."""
     script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(BODY)}\n'
+    script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(bench_body(model))}\n'
                  f'wrk.headers["Content-Type"] = "application/json"\n'
                  f'wrk.headers["Authorization"] = "Bearer {key}"\n')
     script.close()
@@ -61,7 +75,10 @@ def wrk(url: str, key: str, conns: int, duration: int) -> tuple[float, float, fl
     os.unlink(script.name)
     text = out.stdout
     if "Non-2xx" in text:
-        raise SystemExit(f"errors during the run:\n{text}")
+        raise WrkError(f"errors during the run:\n{text}")
+    if "Socket errors" in text:  # timeouts are left out of wrk's percentiles: say so
+        print(f"note: {url} at concurrency {conns}: "
+              f"{re.search(r'Socket errors:.*', text).group(0)}", flush=True)  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
 
     def pct(p: str) -> float:
@@ -139,12 +156,69 @@ def measure_tokens(work: Path, env: dict[str, str], runs: int = 5) -> None:
             p.wait(30)
 
 
+Result = tuple[float, float, float] | str  # (req/s, p50, p99), or why that run failed
+
+
+def measure_peers(up_port: int, work: Path, concs: list[int], duration: int,
+                  results: dict[str, dict[int, Result]], missing: dict[str, str]) -> None:
+    """Each peer in turn, against the same upstream, at the same concurrencies."""
+    bindir = peers.ensure_venv()
+    for name in peers.STARTERS:
+        try:
+            with peers.running(name, bindir, up_port, work, bench_body) as peer:
+                results[name] = {}
+                for conns in concs:
+                    try:
+                        results[name][conns] = wrk(peer.url, peer.key, conns, duration,
+                                                   peer.model)
+                    except WrkError as e:
+                        results[name][conns] = "failed: non-2xx answers"
+                        print(f"peers: {name} at concurrency {conns}: {e}", flush=True)
+        except peers.PeerError as e:
+            missing[name] = str(e).splitlines()[0]
+            print(f"peers: {name} not measured: {e}", flush=True)
+
+
+def print_table(concs: list[int], results: dict[str, dict[int, Result]],
+                missing: dict[str, str]) -> None:
+    print(f"\n{'system':<11} | {'concurrency':>11} | {'req/s':>8} | {'P50 ms':>8} | "
+          f"{'P99 ms':>8} | {'added P50 ms':>12}")
+    print("-" * 75)
+    for conns in concs:
+        direct = results["direct"][conns]
+        assert not isinstance(direct, str)  # a failed direct run stops the bench
+        for system, by_conc in results.items():
+            r = by_conc[conns]
+            if isinstance(r, str):
+                print(f"{system:<11} | {conns:>11} | {r}")
+                continue
+            added = f"{r[1] - direct[1]:>12.2f}" if system != "direct" else f"{'-':>12}"
+            print(f"{system:<11} | {conns:>11} | {r[0]:>8.0f} | {r[1]:>8.2f} | {r[2]:>8.2f} | "
+                  f"{added}")
+    for system, why in missing.items():
+        print(f"{system:<11} | not measured: {why}")
+    ok = {c: r for c, r in results["appliance"].items() if not isinstance(r, str)}
+    best = max(r[0] for r in ok.values())
+    direct1 = results["direct"].get(1)
+    added = ok[1][1] - direct1[1] if 1 in ok and isinstance(direct1, tuple) else float("nan")
+    print(f"summary: gateway peak {best:.0f} req/s (floor 2000), added P50 at "
+          f"concurrency 1 {added:.2f} ms (floor 1 ms)")
+    peer_peaks = [f"{system} {max(r[0] for r in by.values() if not isinstance(r, str)):.0f}"
+                  for system, by in results.items() if system not in ("direct", "appliance")
+                  and any(not isinstance(r, str) for r in by.values())]
+    if peer_peaks:
+        print(f"peers (peak req/s, same upstream and wrk): {', '.join(peer_peaks)}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", type=int, default=10, help="seconds per run")
     ap.add_argument("--concurrency", default="1,16,64")
     ap.add_argument("--tokens", action="store_true",
                     help="also measure starter-model tokens/s (needs the starter bundle)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also measure LiteLLM proxy and TensorZero (side venv; first use "
+                         "downloads from PyPI)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install -y wrk")
@@ -171,23 +245,20 @@ def main() -> int:
             [sys.executable, "-m", "appliance", "keys", "create", "--data-dir", str(data),
              "--name", "bench", "--json"], capture_output=True, text=True, env=env,
             check=True).stdout)["key"]
-        rows = []
-        for conns in [int(c) for c in args.concurrency.split(",")]:
-            direct = wrk(f"http://127.0.0.1:{up_port}/v1/chat/completions", key, conns,
-                         args.duration)
-            through = wrk(f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, conns,
-                          args.duration)
-            rows.append((conns, direct, through))
-        print(f"{'conc':>5} | {'direct req/s':>12} {'p50 ms':>7} {'p99 ms':>7} | "
-              f"{'gateway req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'added p50 ms':>12}")
-        print("-" * 90)
-        for conns, d, g in rows:
-            print(f"{conns:>5} | {d[0]:>12.0f} {d[1]:>7.2f} {d[2]:>7.2f} | {g[0]:>13.0f} "
-                  f"{g[1]:>7.2f} {g[2]:>7.2f} | {g[1] - d[1]:>12.2f}")
-        best = max(g[0] for _, _, g in rows)
-        added = next((g[1] - d[1] for c, d, g in rows if c == 1), float("nan"))
-        print(f"summary: gateway peak {best:.0f} req/s (floor 2000), added P50 at "
-              f"concurrency 1 {added:.2f} ms (floor 1 ms)")
+        concs = [int(c) for c in args.concurrency.split(",")]
+        results: dict[str, dict[int, Result]] = {"direct": {}, "appliance": {}}
+        try:
+            for conns in concs:
+                results["direct"][conns] = wrk(
+                    f"http://127.0.0.1:{up_port}/v1/chat/completions", key, conns, args.duration)
+                results["appliance"][conns] = wrk(
+                    f"http://127.0.0.1:{gw_port}/v1/chat/completions", key, conns, args.duration)
+        except WrkError as e:
+            raise SystemExit(str(e)) from None
+        missing: dict[str, str] = {}
+        if args.peers:
+            measure_peers(up_port, work, concs, args.duration, results, missing)
+        print_table(concs, results, missing)
         if args.tokens:
             measure_tokens(work, env)
     finally:
