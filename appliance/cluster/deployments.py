@@ -21,7 +21,8 @@ from appliance.cluster import inventory
 from appliance.cluster.runner import new_install_id
 from appliance.cluster.service import HostService
 from appliance.gateway import routing
-from appliance.kernel.errors import BadRequest, Conflict, NotFound
+from appliance.identity.projects import get_project
+from appliance.kernel.errors import BadRequest, Conflict, Forbidden, NotFound
 from appliance.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class DeploymentRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     concurrency: int = 8
     gpu: str | None = None  # catalog id; default: detected on the target
     gpus: int | None = None
+    project_id: str = "default"  # whose GPU quota the deployment counts against
 
 
 class Proposal(msgspec.Struct, kw_only=True):
@@ -64,6 +66,12 @@ class Deployment(msgspec.Struct, kw_only=True):
     message: str = ""
     created_at: float = 0.0
     updated_at: float = 0.0
+    project_id: str = "default"
+
+    @property
+    def gpus(self) -> int:
+        """Accelerators this deployment holds (none when it runs on CPUs)."""
+        return self.proposal.gpus if self.proposal.gpu else 0
 
 
 def engine_args(p: Proposal) -> list[str]:
@@ -118,6 +126,7 @@ class DeploymentService:
 
         if not any(m.name == req.model for m in await list_models(self.store, active_only=True)):
             raise NotFound(f"no active model {req.model!r}", param="model")
+        await get_project(self.store, req.project_id)
         if req.target_kind == "host":
             host = await inventory.get_host(self.store, req.target)
             acc = host.facts.get("accelerator") or {}
@@ -135,13 +144,14 @@ class DeploymentService:
         now = time.time()
         dep = Deployment(id=dep_id, model=req.model, target_kind=req.target_kind,
                          target=req.target, status="proposed", proposal=proposal,
-                         route=req.route or req.model, created_at=now, updated_at=now)
+                         route=req.route or req.model, created_at=now, updated_at=now,
+                         project_id=req.project_id)
         await self.store.execute(
             "INSERT INTO deployments (id, model, target_kind, target, status, proposal, spec,"
-            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            " created_at, updated_at, project_id) VALUES (?,?,?,?,?,?,?,?,?,?)",
             (dep.id, dep.model, dep.target_kind, dep.target, dep.status,
              msgspec.json.encode(proposal).decode(),
-             msgspec.json.encode({"route": dep.route}).decode(), now, now))
+             msgspec.json.encode({"route": dep.route}).decode(), now, now, dep.project_id))
         return dep
 
     async def get(self, dep_id: str) -> Deployment:
@@ -169,11 +179,26 @@ class DeploymentService:
         dep = await self.get(dep_id)
         if dep.status not in ("proposed", "failed"):
             raise Conflict(f"deployment {dep_id} is {dep.status}", param="id")
+        await self._check_gpu_quota(dep)
         dep = await self._update(dep, status="deploying", install_id=new_install_id(),
                                  message="")
         self._tasks[dep.id] = asyncio.get_running_loop().create_task(
             self._run(dep), name=f"deployment-{dep.id}")
         return dep
+
+    async def _check_gpu_quota(self, dep: Deployment) -> None:
+        """Refuse a deployment that would take its project past its GPU limit."""
+        project = await get_project(self.store, dep.project_id)
+        if project.gpu_limit is None or not dep.gpus:
+            return
+        held = sum(d.gpus for d in await self.list()
+                   if d.project_id == dep.project_id and d.id != dep.id
+                   and d.status in ("deploying", "serving"))
+        if held + dep.gpus > project.gpu_limit:
+            raise Forbidden(
+                f"project {project.id} may hold {project.gpu_limit} GPUs; its deployments hold "
+                f"{held} and this one needs {dep.gpus}", param="project_id",
+                code="gpu_quota_exceeded")
 
     async def _run(self, dep: Deployment) -> None:
         try:
@@ -257,4 +282,4 @@ def _deployment(row: Any) -> Deployment:
                       route=spec.get("route", row["model"]),
                       install_id=spec.get("install_id", ""), upstream=row["upstream"],
                       message=row["message"], created_at=row["created_at"],
-                      updated_at=row["updated_at"])
+                      updated_at=row["updated_at"], project_id=row["project_id"])

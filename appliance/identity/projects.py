@@ -30,7 +30,7 @@ class Project(msgspec.Struct, kw_only=True):
     tokens_per_month: int | None = None
     rpm: int | None = None
     max_concurrent: int | None = None
-    gpu_limit: int | None = None  # enforced when deployments arrive
+    gpu_limit: int | None = None  # GPUs its confirmed deployments may hold together
     created_at: float = 0.0
 
     def allows_model(self, model: str) -> bool:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from appliance.app import SERVICES
 from appliance.bundle.importer import import_bundle
 from tests.cluster.test_hosts import h100_host
 from tests.cluster.testhosts import HostFarm
@@ -62,6 +63,23 @@ async def test_hosts_installs_deployments_api(farm: HostFarm, tmp_path: Path, ap
     assert dep["proposal"]["engine"] == "vllm" and dep["proposal"]["gpus"] >= 1
     listed = await (await client.get("/api/deployments")).json()
     assert [d["id"] for d in listed] == [dep["id"]]
+
+    # a project's GPU quota bounds what its deployments may hold
+    resp = await client.post("/api/projects", json={"id": "team", "name": "Team",
+                                                    "gpu_limit": dep["proposal"]["gpus"]})
+    assert resp.status == 201, await resp.text()
+    for _ in range(2):
+        resp = await client.post("/api/deployments", json={
+            "model": "smollm2-135m-instruct", "target_kind": "host", "target": "gpu1",
+            "concurrency": 16, "project_id": "team"})
+        assert resp.status == 201, await resp.text()
+    first, second = [(await (await client.get("/api/deployments")).json())[i] for i in (1, 0)]
+    store = client.server.app[SERVICES].store
+    await store.execute("UPDATE deployments SET status='serving' WHERE id=?", (first["id"],))
+    resp = await client.post(f"/api/deployments/{second['id']}/confirm")
+    assert resp.status == 403, await resp.text()
+    assert (await resp.json())["error"]["code"] == "gpu_quota_exceeded"
+    await store.execute("DELETE FROM deployments WHERE project_id='team'")
 
     books = {b["name"] for b in await (await client.get("/api/playbooks")).json()}
     assert {"preflight", "detect", "engine-host", "k3s-server", "k3s-agent", "reset"} <= books
