@@ -38,6 +38,8 @@ MASTER_PASSPHRASE_ENV = "APPLIANCE_MASTER_PASSPHRASE"
 # purpose is authenticated data, so a ciphertext moved to another column does not decrypt.
 SECRET_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("upstreams", "name", "api_key", "upstreams.api_key"),
+    ("hosts", "name", "secret", "hosts.secret"),
+    ("clusters", "name", "kubeconfig", "clusters.kubeconfig"),
 )
 
 
