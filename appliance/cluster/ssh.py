@@ -329,7 +329,12 @@ class SshPool:
         tunnel = await self.session(target.jump) if target.jump else None
         client = _Client(target.name, target.known_key)
         creds = target.credentials
-        keys = [asyncssh.import_private_key(creds.private_key)] if creds.private_key else []
+        try:
+            keys = [asyncssh.import_private_key(creds.private_key)] if creds.private_key else []
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            # a passphrase-protected or damaged key: this host's failure, not the run's
+            raise SshError(f"{target.name}: the stored private key cannot be used: {exc}",
+                           code="ssh_key_invalid") from None
         opts: dict[str, Any] = {
             "port": target.port, "username": target.user,
             "known_hosts": ([], [], []), "client_keys": keys,

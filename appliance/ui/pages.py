@@ -23,6 +23,7 @@ from aiohttp import web
 from yarl import URL
 
 from appliance import __version__
+from appliance.identity.rbac import GLOBAL_ROLES
 from appliance.ui.auth import Operator, current_operator
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SECTIONS = ("Monitor", "Serve", "Access", "Content", "Plan")
+SECTIONS = ("Monitor", "Serve", "Infrastructure", "Access", "Content", "Plan")
 # Everything a page loads comes from this appliance; the JSON data blocks are not scripts.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
        "img-src 'self' data:; connect-src 'self'; font-src 'self'; object-src 'none'; "
@@ -54,6 +55,16 @@ class Page:
     admin: bool = False  # pages for the admin role only; the API checks every action anyway
     nav: bool = True
     summary: str = ""  # one line under the title
+    permission: str = ""  # shown in the navigation only to roles with this permission
+
+
+def can(operator: Operator | None, permission: str) -> bool:
+    """Whether the operator's global role grants ``permission`` (rbac's table)."""
+    if operator is None:
+        return False
+    if not permission or operator.is_admin:
+        return True
+    return permission in GLOBAL_ROLES.get(operator.role, frozenset())
 
 
 @dataclass
@@ -127,7 +138,8 @@ def base_context(request: web.Request, state: ConsoleState,
     nav: list[dict[str, Any]] = []
     for section in SECTIONS if operator is not None else ():
         items = [p for p in state.pages if p.section == section and p.nav
-                 and (not p.admin or (operator is not None and operator.is_admin))]
+                 and (not p.admin or (operator is not None and operator.is_admin))
+                 and can(operator, p.permission)]
         if items:
             nav.append({"section": section, "pages": items})
     return {"site": state.site, "product": "Foundry Appliance", "version": __version__,

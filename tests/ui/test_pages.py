@@ -9,9 +9,10 @@ import pytest
 
 from tests.conftest import ServerProcess
 from tests.ui.conftest import screenshot, sign_in
+from tests.ui.seed import seed
 
-PAGES = ["/", "/usage", "/models", "/routes", "/playground", "/keys", "/access", "/audit",
-         "/bundles", "/registry", "/simulator"]
+PAGES = ["/", "/usage", "/models", "/routes", "/playground", "/hosts", "/hosts/gpu-01",
+         "/deployments", "/keys", "/access", "/audit", "/bundles", "/registry", "/simulator"]
 BLOCKING = ("serious", "critical")
 
 
@@ -26,9 +27,16 @@ def _axe(page: Any) -> list[dict[str, Any]]:
     return [v for v in result if v["impact"] in BLOCKING]
 
 
+@pytest.fixture(scope="module")
+def seeded(console_server: ServerProcess) -> ServerProcess:
+    """The server with two hosts (one detected 8 x H100) and two deployments."""
+    seed(console_server.data_dir)
+    return console_server
+
+
 @pytest.mark.parametrize("theme", ["light", "dark"])
-def test_every_page_renders_accessibly(page: Any, console_server: ServerProcess,
-                                       theme: str) -> None:
+def test_every_page_renders_accessibly(page: Any, seeded: ServerProcess, theme: str) -> None:
+    console_server = seeded
     url = console_server.url
     page.goto(url + "/sign-in")
     page.evaluate(f"localStorage.setItem('fa-theme', '{theme}')")
@@ -42,7 +50,7 @@ def test_every_page_renders_accessibly(page: Any, console_server: ServerProcess,
         page.goto(url + path)
         page.wait_for_load_state("networkidle") if path != "/" else page.wait_for_selector(
             "#live.on")
-        name = "overview" if path == "/" else path.strip("/")
+        name = "overview" if path == "/" else path.strip("/").replace("/", "-")
         screenshot(page, f"{theme}-{name}")
         if violations := _axe(page):
             problems[path] = violations
@@ -72,4 +80,62 @@ def test_tables_search_sort_and_keyboard(page: Any, console_server: ServerProces
     page.goto(url + "/usage")
     page.keyboard.press("Tab")
     assert page.evaluate("document.activeElement.className") == "skip"
+    assert not page.watch.errors, json.dumps(page.watch.errors, indent=1)
+
+
+def test_hosts_and_deployments_pages(page: Any, seeded: ServerProcess) -> None:
+    """Inline validation, the host-key confirmation, a check with live progress, a proposal."""
+    url = seeded.url
+    sign_in(page, url)
+    page.goto(url + "/hosts")
+    page.get_by_role("button", name="Add host", exact=True).first.click()
+    assert page.evaluate("document.activeElement.id") == "host-name"
+    page.locator("#add-submit").click()
+    assert page.locator("#host-name-error").inner_text()
+    page.locator("#host-name").fill("Bad Name")
+    page.locator("#host-address").fill("127.0.0.1")
+    page.locator("#host-name").press("Tab")
+    assert page.locator("#host-name").get_attribute("aria-invalid") == "true"
+    # a host whose SSH port is closed is saved, with its key still to fetch
+    page.locator("#host-name").fill("edge-03")
+    page.locator("#host-port").fill("1")
+    page.locator("#auth-password").check()
+    assert page.locator("#host-password").is_visible()
+    page.locator("#host-password").fill("secret-password")
+    page.locator("#add-submit").click()
+    page.wait_for_selector("tr[data-host=edge-03]")
+    assert "could not be fetched" in page.locator("#toasts").inner_text()
+    # the key a host offers is shown for confirmation
+    page.get_by_role("button", name="Accept the host key of cpu-02").click()
+    box = page.get_by_test_id("key-confirm")
+    assert box.is_visible() and "SHA256:Qz1" in box.get_by_test_id("fingerprint").inner_text()
+    assert page.evaluate("document.activeElement.id") == "key-accept"
+    page.keyboard.press("Escape")
+    assert not box.is_visible()
+    # Check runs preflight; its progress streams per host (this host's secret is a dummy)
+    page.get_by_role("button", name="Check gpu-01 (preflight and detect)").click()
+    progress = page.get_by_test_id("progress")
+    progress.locator(".progress-host[data-host=gpu-01] .badge.failed").first.wait_for()
+    page.wait_for_function(
+        "() => document.getElementById('progress-live').textContent === 'finished'")
+    assert "preflight" in page.locator("#progress-status").inner_text()
+    screenshot(page, "light-hosts-after-check")
+    # deployments: review a proposal, discard it
+    page.goto(url + "/deployments")
+    page.get_by_role("button", name="Review and confirm deployment dep_seedproposal").click()
+    page.wait_for_function("() => document.getElementById('proposal-h').textContent"
+                           " === 'Proposal dep_seedproposal'")
+    proposal = page.get_by_test_id("proposal")
+    assert "2 \u00d7 h100-sxm" in proposal.inner_text()
+    screenshot(page, "light-deployments-proposal")
+    page.locator("#discard").click()
+    page.wait_for_selector("tr[data-deployment=dep_seedproposal]", state="detached")
+    # a new proposal for a detected host: the simulator's configuration, to confirm
+    page.get_by_label("Target").select_option("host:gpu-01")
+    page.locator("#propose").click()
+    page.wait_for_function("() => !document.getElementById('proposal-panel').hidden"
+                           " && document.getElementById('proposal-h').textContent"
+                           " !== 'Proposal dep_seedproposal'")
+    assert "h100-sxm" in proposal.inner_text() and proposal.locator("#confirm").is_visible()
+    assert page.evaluate("document.activeElement.id") == "confirm"
     assert not page.watch.errors, json.dumps(page.watch.errors, indent=1)

@@ -12,6 +12,8 @@ from appliance.ui.views import (
     access,
     audit,
     bundles,
+    deployments,
+    hosts,
     keys,
     models,
     overview,
@@ -23,8 +25,8 @@ from appliance.ui.views import (
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-MODULES = (overview, usage, models, routes, playground, keys, access, audit, bundles, registry,
-           simulator)
+MODULES = (overview, usage, models, routes, playground, hosts, deployments, keys, access, audit,
+           bundles, registry, simulator)
 
 
 def all_pages() -> list[Page]:
