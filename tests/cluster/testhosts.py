@@ -234,6 +234,11 @@ class HostFarm:
 
     def __init__(self, root: Path) -> None:
         require_tools()
+        # Addresses of the test net must never leave this machine: when a host's link is down
+        # (or not made yet) its /30 route is gone, and without this catch-all the packets would
+        # follow the default route out to the real network. Longer prefixes (the /30s of live
+        # hosts) still win; everything else in the test net fails at once with EHOSTUNREACH.
+        _run("ip", "route", "replace", "unreachable", TEST_NET)
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.client_key, self.client_pub = keypair(root)
