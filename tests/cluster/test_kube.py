@@ -128,7 +128,8 @@ def test_manifests_through_kubectl(kube: KubeApi, tmp_path: Path) -> None:
                                   service_manifest(spec)]
     path = tmp_path / "model.yaml"
     path.write_text(yaml.safe_dump_all(docs))
-    env = {"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin"}
+    # HOME in the temp dir: kubectl keeps its discovery cache under ~/.kube/cache
+    env = {"KUBECONFIG": str(kube.kubeconfig), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([kubectl(), "apply", "--dry-run=server", "-f", str(path), "-o", "json"],
                          capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
