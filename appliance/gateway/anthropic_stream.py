@@ -13,10 +13,10 @@ from appliance.gateway.anthropic import (
     json_decoder,
     json_encoder,
     map_finish_reason,
-    openai_error_body,
     token_counts,
     usage_object,
 )
+from appliance.gateway.anthropic_errors import openai_error_body
 
 __all__ = ["StreamTranslator"]
 

@@ -18,6 +18,7 @@ import msgspec
 from aiohttp import web
 
 from appliance.gateway import anthropic
+from appliance.gateway.anthropic_errors import anthropic_error_to_openai
 from appliance.gateway.anthropic_stream import StreamTranslator
 from appliance.gateway.routing import RoutePlan, Target
 from appliance.gateway.streams import StreamTransform, UsageTap, usage_of
@@ -217,7 +218,7 @@ class Forwarder:
             payload = await upstream.read()
             target.breaker.success()
             if target.kind == "anthropic":
-                status, envelope = anthropic.anthropic_error_to_openai(status, payload)
+                status, envelope = anthropic_error_to_openai(status, payload)
                 payload = _encode(envelope)
             outcome.status, outcome.error = status, "upstream_client_error"
             return web.Response(status=status, body=payload, content_type="application/json",

@@ -16,10 +16,10 @@ from appliance.gateway.anthropic import (
     DEFAULT_MAX_TOKENS,
     AnthropicProtocolError,
     TranslationError,
-    anthropic_error_to_openai,
     chat_request_to_messages,
     messages_response_to_chat,
 )
+from appliance.gateway.anthropic_errors import anthropic_error_to_openai
 from appliance.gateway.anthropic_stream import StreamTranslator
 from appliance.kernel.errors import ApplianceError
 from tests.fakes.anthropic_server import FAKE_API_KEY, REQUESTS, make_anthropic_app
