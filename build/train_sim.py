@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from appliance.sim.hardware import default_catalog
-from appliance.sim.measurements import DATA_DIR, load_measurements
+from appliance.sim.measurements import DATA_DIR, load_measurements, trainable
 from appliance.sim.training import fit_corrector, save_corrector, to_samples
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nthread", type=int, default=2)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    rows = load_measurements(args.data)
+    rows = trainable(load_measurements(args.data))
     if not rows:
         print(f"no measurements found under {args.data}", file=sys.stderr)
         return 1

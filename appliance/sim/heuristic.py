@@ -53,6 +53,8 @@ class VendorFactor(msgspec.Struct, frozen=True):
 
     bandwidth: float
     compute: float
+    #: Multiplier on the engine's per-step and per-sequence host overhead.
+    overhead: float = 1.0
 
 
 #: Priors from published comparisons, not fitted to the training data (docs/simulator.md,
@@ -62,11 +64,13 @@ class VendorFactor(msgspec.Struct, frozen=True):
 #:   untuned GEMMs are several times slower);
 #: - intel (Gaudi): graph-compiled HPU stacks; Databricks measured 8 x Gaudi2 matching
 #:   8 x H100 in Llama-2-70B decode latency with 2.45 vs 3.35 TB/s, i.e. ~1.3x the bandwidth
-#:   utilisation of the CUDA stack; compute stays at the previous 0.9 (no public comparison).
+#:   utilisation of the CUDA stack; compute stays at the previous 0.9 (no public comparison);
+#:   HPU Graphs replay a whole captured step "device bound" with "minimal host overhead"
+#:   (Habana inference docs), so host costs per step are a fifth of a CUDA eager engine's.
 VENDOR_EFF: dict[str, VendorFactor] = {
     "nvidia": VendorFactor(1.0, 1.0),
     "amd": VendorFactor(0.8, 0.8),
-    "intel": VendorFactor(1.3, 0.9),
+    "intel": VendorFactor(1.3, 0.9, overhead=0.2),
 }
 #: Vendors not in the table (new accelerators) get a cautious factor.
 UNKNOWN_VENDOR = VendorFactor(0.7, 0.7)
@@ -139,6 +143,10 @@ def _efficiency(dep: Deployment, gpu: GpuSpec) -> tuple[float, float]:
     return min(0.9, profile.bandwidth_eff * vendor.bandwidth), profile.compute_eff * vendor.compute
 
 
+def _overhead_scale(gpu: GpuSpec) -> float:
+    return VENDOR_EFF.get(gpu.vendor, UNKNOWN_VENDOR).overhead
+
+
 def _allreduce_s(n_bytes: float, tp: int, gpu: GpuSpec) -> float:
     if tp <= 1:
         return 0.0
@@ -189,7 +197,8 @@ def prefill_s(shape: ModelShape, dep: Deployment, gpu: GpuSpec, batch: int, toke
         * _allreduce_s(n_tok / passes * shape.hidden_size * 2.0, tp, gpu)
     )
     hop = (pp - 1) * passes * 30e-6
-    return max(compute, mem) + comm + hop + passes * profile.step_overhead_ms / 1e3
+    overhead = passes * profile.step_overhead_ms * _overhead_scale(gpu) / 1e3
+    return max(compute, mem) + comm + hop + overhead
 
 
 class StepParts(msgspec.Struct, frozen=True):
@@ -233,7 +242,9 @@ def decode_parts(
         memory_s=(w_bytes + kv_bytes) / bandwidth,
         compute_s=flops / (tp * gpu.peak_tflops(dep.dtype) * 1e12 * flop_eff),
         comm_s=comm + hop,
-        overhead_s=(profile.step_overhead_ms + profile.per_seq_overhead_ms * batch) / 1e3,
+        overhead_s=_overhead_scale(gpu)
+        * (profile.step_overhead_ms + profile.per_seq_overhead_ms * batch)
+        / 1e3,
         bytes_per_gpu=w_bytes + kv_bytes,
         flops_per_gpu=flops / tp,
     )

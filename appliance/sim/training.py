@@ -42,7 +42,7 @@ TTFT_PARAMS: dict[str, float] = {
     "colsample_bytree": 1.0,
     "min_child_weight": 2,
     "lambda": 2.0,
-    "rounds": 60,
+    "rounds": 30,
 }
 
 
