@@ -33,7 +33,7 @@ E2E_PARAMS: dict[str, float] = {
     "colsample_bytree": 0.8,
     "min_child_weight": 20,
     "lambda": 5.0,
-    "rounds": 150,
+    "rounds": 80,
 }
 TTFT_PARAMS: dict[str, float] = {
     "max_depth": 2,
