@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from appliance import __version__
 from appliance.bundle.http import add_routes as add_bundle_routes
 from appliance.bundle.importer import import_bundle
+from appliance.bundle.manage import backfill_image_blobs
 from appliance.cluster.http import add_routes as add_cluster_routes
 from appliance.content.registry import add_routes as add_registry_routes
 from appliance.content.store import BlobStore
@@ -37,7 +39,7 @@ from appliance.kernel.tasks import TaskGroupOwner
 from appliance.models.registry import engine_spec, list_models
 from appliance.settings import Settings
 from appliance.store.metrics import MetricsWriter
-from appliance.store.state import StateStore
+from appliance.store.state import StateStore, open_sync
 from appliance.ui import add_routes as add_ui_routes
 
 log = logging.getLogger(__name__)
@@ -185,8 +187,17 @@ async def _state_ctx(app: web.Application) -> AsyncIterator[None]:
     s.data_dir.mkdir(parents=True, exist_ok=True)
     await s.store.open()
     await sync_config(s.store, s.settings)
+    added = await asyncio.to_thread(_backfill_image_blobs, s.data_dir, s.blobs)
+    if added:
+        log.info("registry: %d blob references filled in from stored image manifests", added,
+                 extra={"rows": added})
     yield
     await s.store.close()
+
+
+def _backfill_image_blobs(data_dir: Path, blobs: BlobStore) -> int:
+    with closing(open_sync(data_dir)) as conn:
+        return backfill_image_blobs(conn, blobs)
 
 
 async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -265,6 +265,7 @@ class ImageRecord(msgspec.Struct):
     digest: str
     media_type: str
     manifests: list[tuple[str, str, int]]  # (digest, media type, size): the top one, children
+    blobs: list[str] = []  # configs and layers of those manifests: what /blobs/ serves for it
 
 
 def _images(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
@@ -283,17 +284,21 @@ def _images(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
                 continue  # a model name the registry grammar cannot carry: not served there
             raise BundleInvalid(f"index.json: {exc.message}") from None
         manifests: list[tuple[str, str, int]] = []
-        _image_tree(store, by_path, desc.digest, desc.mediaType, manifests, ref,
+        blobs: dict[str, None] = {}
+        _image_tree(store, by_path, desc.digest, desc.mediaType, manifests, blobs, ref,
                     platform=desc.annotations.get(PLATFORM, ""))
         found.append(ImageRecord(repository=repo, tag=tag, digest=desc.digest,
-                                 media_type=desc.mediaType, manifests=manifests))
+                                 media_type=desc.mediaType, manifests=manifests,
+                                 blobs=list(blobs)))
     return found
 
 
 def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
-                media_type: str, out: list[tuple[str, str, int]], ref: str, *,
-                platform: str = "") -> None:
-    """Record a manifest and its children; each must be in the bundle with its blobs.
+                media_type: str, out: list[tuple[str, str, int]], blobs: dict[str, None],
+                ref: str, *, platform: str = "") -> None:
+    """Record a manifest and its children in ``out``, their configs and layers in ``blobs``.
+
+    Each must be in the bundle.
 
     ``platform`` marks an index pulled from a registry that carries one platform's manifest
     only: its other children are served as unknown (the index itself stays verbatim).
@@ -316,10 +321,11 @@ def _image_tree(store: BlobStore, by_path: dict[str, BundleFile], digest: str,
             raise BundleInvalid(f"image {ref}: the index's {platform} manifest is not in "
                                 "the bundle")
     for child in children:
-        _image_tree(store, by_path, child.digest, child.mediaType, out, ref)
+        _image_tree(store, by_path, child.digest, child.mediaType, out, blobs, ref)
     for blob in [*([doc.config] if doc.config else []), *doc.layers]:
         if not DIGEST_RE.match(blob.digest) or blob_path(blob.digest) not in by_path:
             raise BundleInvalid(f"image {ref}: blob {blob.digest} is not in the bundle")
+        blobs[blob.digest] = None
 
 
 def _scanner_databases(store: BlobStore, index: OciIndex, by_path: dict[str, BundleFile]
@@ -437,6 +443,8 @@ def _record(conn: sqlite3.Connection, store: BlobStore, manifest: BundleManifest
             for digest, media_type, size in image.manifests:
                 conn.execute("INSERT OR IGNORE INTO image_manifests VALUES (?,?,?,?,?)",
                              (image.repository, digest, media_type, size, bundle_id))
+            conn.executemany("INSERT OR IGNORE INTO image_blobs VALUES (?,?,?)",
+                             [(image.repository, digest, bundle_id) for digest in image.blobs])
             conn.execute("INSERT OR REPLACE INTO image_tags VALUES (?,?,?,?,?,?)",
                          (image.repository, image.tag, image.digest, image.media_type,
                           bundle_id, now))

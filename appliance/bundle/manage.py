@@ -4,19 +4,26 @@ Each bundle owns a reference (``blob_refs``) to every blob it listed; a blob sha
 bundles is stored once and lives until the last of them is removed. Garbage collection
 deletes blobs nobody references, under the state database's write lock; an import that
 races it notices a vanished blob in its final transaction and asks for a retry.
+
+The registry serves a blob under a repository only while ``image_blobs`` says one of that
+repository's manifests names it; those rows belong to the bundle, like its manifests and tags.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from appliance.bundle.images import ImageDocument
 from appliance.content.store import BlobStore
 from appliance.kernel.errors import Conflict, NotFound
 from appliance.store import audit
+
+log = logging.getLogger(__name__)
 
 
 class GcResult(msgspec.Struct):
@@ -69,7 +76,7 @@ def remove_bundle(conn: sqlite3.Connection, ref: str, *, actor: str) -> str:
                             (name,)).fetchone() is None:
                 conn.execute("UPDATE models SET active=1 WHERE id=(SELECT id FROM models"
                              " WHERE name=? ORDER BY created_at DESC LIMIT 1)", (name,))
-        for table in ("image_tags", "image_manifests", "scanner_databases"):
+        for table in ("image_tags", "image_manifests", "image_blobs", "scanner_databases"):
             conn.execute(f"DELETE FROM {table} WHERE bundle_id=?", (bid,))
         conn.execute("DELETE FROM blob_refs WHERE owner=?", (bid,))
         conn.execute("DELETE FROM bundles WHERE id=?", (bid,))
@@ -104,6 +111,44 @@ def collect_garbage(conn: sqlite3.Connection, store: BlobStore, *,
             removed += 1
     return GcResult(blobs_removed=len(rows), bytes_freed=sum(r["size"] for r in rows),
                     partials_removed=removed)
+
+
+def backfill_image_blobs(conn: sqlite3.Connection, store: BlobStore) -> int:
+    """Fill ``image_blobs`` for images imported before it existed; return the rows added.
+
+    Reads the configs and layers of every stored manifest of a (repository, bundle) that has
+    no row yet, so once every image has its rows it costs one query. A manifest that cannot be
+    read is skipped: its blobs stay unserved rather than served under the wrong repository.
+    """
+    pending = conn.execute(
+        "SELECT repository, digest, bundle_id FROM image_manifests m WHERE NOT EXISTS"
+        " (SELECT 1 FROM image_blobs b WHERE b.repository=m.repository"
+        " AND b.bundle_id=m.bundle_id)").fetchall()
+    rows: list[tuple[str, str, str, str]] = []  # (repository, blob, bundle, manifest)
+    for repo, manifest, bundle_id in pending:
+        try:
+            doc = msgspec.json.decode(store.path(manifest).read_bytes(), type=ImageDocument)
+        except (OSError, msgspec.DecodeError) as exc:
+            log.warning("image %s: manifest %s is unreadable (%s); its blobs are not served",
+                        repo, manifest, exc, extra={"repository": repo, "digest": manifest})
+            continue
+        rows += [(repo, blob.digest, bundle_id, manifest)
+                 for blob in [*([doc.config] if doc.config else []), *doc.layers]]
+    if not rows:
+        return 0
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        # the bundle may have been removed while the manifests were read
+        cursor = conn.executemany(
+            "INSERT OR IGNORE INTO image_blobs SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM"
+            " image_manifests WHERE repository=?1 AND bundle_id=?3 AND digest=?4) AND EXISTS"
+            " (SELECT 1 FROM blob_refs WHERE digest=?2 AND owner=?3)", rows)
+        added = cursor.rowcount
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return added
 
 
 def check_blobs_present(conn: sqlite3.Connection, store: BlobStore,

@@ -4,6 +4,10 @@ Manifests are the stored bytes, verbatim, with their stored media type and diges
 the content store's files sent with ``sendfile`` (``Range`` requests included). There is no
 second copy and nothing to push: every write is answered 405 ``UNSUPPORTED``.
 
+As in the distribution spec, blobs belong to repositories: a blob is served under a repository
+only when one of its manifests (an index's child manifests included) names it as config or
+layer (``image_blobs``, written by the bundle import), never just because the store holds it.
+
 No authentication: the registry is read-only and meant for the site's own network, where the
 cluster nodes pull from it (as containerd does from a mirror). Put the appliance behind a
 firewall rule if other hosts must not read its images.
@@ -113,14 +117,19 @@ class Registry:
         name, digest = request.match_info["name"], request.match_info["digest"]
         if not DIGEST_RE.match(digest):
             return oci_error(400, "DIGEST_INVALID", f"{digest!r} is not a sha256 digest")
-        if await self.repository(request, name) is None:
-            return oci_error(404, "NAME_UNKNOWN", f"repository {name} is not known here",
-                             {"name": name})
-        row = await self.s.store.fetchone("SELECT size FROM blobs WHERE digest=?", (digest,))
+        repos = self.candidates(request, name)
+        # one primary-key lookup on the hot path; the repository is looked up only to tell
+        # NAME_UNKNOWN from BLOB_UNKNOWN when the blob is not served
+        row = await self.s.store.fetchone(
+            "SELECT 1 FROM image_blobs i JOIN blobs b ON b.digest=i.digest WHERE i.repository"
+            f" IN ({','.join('?' * len(repos))}) AND i.digest=? LIMIT 1", (*repos, digest))
         path = self.s.blobs.path(digest)
         if row is None or not await asyncio.to_thread(path.is_file):
-            return oci_error(404, "BLOB_UNKNOWN", f"blob {digest} is not known here",
-                             {"digest": digest})
+            if await self.repository(request, name) is None:
+                return oci_error(404, "NAME_UNKNOWN", f"repository {name} is not known here",
+                                 {"name": name})
+            return oci_error(404, "BLOB_UNKNOWN", f"blob {digest} is not known in {name}",
+                             {"name": name, "digest": digest})
         return web.FileResponse(path, headers={
             **API_VERSION, "Docker-Content-Digest": digest, "ETag": f'"{digest}"',
             "Content-Type": "application/octet-stream",
