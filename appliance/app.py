@@ -278,7 +278,8 @@ def build_app(settings: Settings) -> web.Application:
     except ImportError:  # pragma: no cover - simulator not built in
         pass
     else:
-        add_sim_routes(app, lambda: services.store)
+        add_sim_routes(app, lambda: services.store, data_dir=settings.data_path,
+                       operations=OPERATIONS)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

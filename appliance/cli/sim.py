@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from appliance.cli import sim_calibrate
+from appliance.cli.common import settings_from
+from appliance.kernel.errors import ConfigError
 from appliance.sim import (
     Deployment,
     Prediction,
@@ -19,6 +23,7 @@ from appliance.sim import (
     recommend,
 )
 from appliance.sim.hardware import DTYPES
+from appliance.sim.service import Simulator, simulator_for
 from appliance.sim.structs import ENGINES, METHODS
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
@@ -26,7 +31,9 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 def register(sub: Any) -> None:
     """Add the ``sim`` command group to the top-level sub-parsers."""
-    parser = sub.add_parser("sim", help="performance simulator: predict and recommend")
+    parser = sub.add_parser(
+        "sim", help="performance simulator: predict, recommend, calibrate with site measurements"
+    )
     parser.set_defaults(func=lambda _args: (parser.print_help(), EXIT_USAGE)[1])
     cmds = parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND")
 
@@ -43,6 +50,7 @@ def register(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=1, help="requests in the static batch")
     p.add_argument("--method", choices=METHODS, help="default: the most accurate available")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_data_dir(p)
     p.set_defaults(func=run_predict)
 
     r = cmds.add_parser("recommend", help="rank deployments meeting SLOs at least cost")
@@ -63,7 +71,28 @@ def register(sub: Any) -> None:
     r.add_argument("--search", choices=("auto", "enumerate", "genetic"), default="auto")
     r.add_argument("--limit", type=int, default=10, help="configurations to list")
     r.add_argument("--json", action="store_true")
+    _add_data_dir(r)
     r.set_defaults(func=run_recommend)
+    sim_calibrate.register(cmds)
+
+
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="use this data directory's site calibration, if any (default: the configured one)",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+
+
+def _simulator(args: argparse.Namespace) -> Simulator:
+    """The simulator of the configured data directory (its site calibration, if any)."""
+    try:
+        data_dir = settings_from(args).data_path
+    except ConfigError as exc:
+        raise SimInputError(exc.message) from None
+    return simulator_for(data_dir)
 
 
 def _fail(code: int, message: str) -> int:
@@ -88,7 +117,7 @@ def run_predict(args: argparse.Namespace) -> int:
             engine=args.engine,
         )
         work = Workload(args.input_tokens, args.output_tokens, args.batch)
-        pred = predict(args.model, dep, work, method=args.method)
+        pred = predict(args.model, dep, work, method=args.method, sim=_simulator(args))
     except SimInputError as exc:
         return _fail(EXIT_USAGE, exc.message)
     if args.json:
@@ -119,6 +148,7 @@ def run_recommend(args: argparse.Namespace) -> int:
             engine=args.engine,
             dtypes=args.dtypes.split(",") if args.dtypes else None,
             limit=max(1, args.limit),
+            sim=_simulator(args),
         )
     except SimInputError as exc:
         return _fail(EXIT_USAGE, exc.message)

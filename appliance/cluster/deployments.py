@@ -13,6 +13,7 @@ import asyncio
 import logging
 import secrets
 import time
+from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -81,8 +82,10 @@ def engine_args(p: Proposal) -> list[str]:
             "--gpu-memory-utilization", f"{p.gpu_memory_utilization:.2f}"]
 
 
-def propose_for(model: str, gpu: str | None, gpus: int, req: DeploymentRequest) -> Proposal:
-    """Ask the simulator for the best configuration on ``gpus`` x ``gpu``."""
+def propose_for(model: str, gpu: str | None, gpus: int, req: DeploymentRequest,
+                data_dir: Path | None = None) -> Proposal:
+    """Ask the simulator (``data_dir``'s site calibration, if any) for the best configuration
+    on ``gpus`` x ``gpu``."""
     max_len = req.input_tokens + req.output_tokens
     if not gpu or gpus < 1:
         return Proposal(engine="appliance", gpu=None, gpus=0, max_batch=1,
@@ -90,10 +93,12 @@ def propose_for(model: str, gpu: str | None, gpus: int, req: DeploymentRequest) 
                         notes=["no accelerator on the target: the appliance's llama.cpp engine "
                                "runs on CPU"])
     from appliance.sim import SimInputError, recommend
+    from appliance.sim.service import simulator_for
 
     try:
         rec = recommend(model, [gpu], gpus, input_tokens=req.input_tokens,
-                        output_tokens=req.output_tokens, concurrency=req.concurrency, limit=3)
+                        output_tokens=req.output_tokens, concurrency=req.concurrency, limit=3,
+                        sim=simulator_for(data_dir))
     except SimInputError as exc:
         return Proposal(engine="vllm", gpu=gpu, gpus=gpus, tensor_parallel=1,
                         max_batch=req.concurrency, max_model_len=max_len,
@@ -139,7 +144,8 @@ class DeploymentService:
             gpu = req.gpu or next((n.gpu_catalog_id for n in gpu_nodes if n.gpu_catalog_id),
                                   None)
             count = req.gpus or max((n.gpus for n in gpu_nodes), default=0)
-        proposal = await asyncio.to_thread(propose_for, req.model, gpu, count, req)
+        proposal = await asyncio.to_thread(propose_for, req.model, gpu, count, req,
+                                           self.hosts.data_dir)
         dep_id = "dep_" + secrets.token_hex(6)
         now = time.time()
         dep = Deployment(id=dep_id, model=req.model, target_kind=req.target_kind,

@@ -41,6 +41,7 @@ PERMISSIONS: tuple[Permission, ...] = (
     Permission("registry.read", "download container-registry client configuration"),
     Permission("sim.read", "read simulator runs"),
     Permission("sim.run", "run the performance simulator"),
+    Permission("sim.calibrate", "retrain the simulator with this site's measurements"),
     Permission("keys.read", "list API keys of a project (never their secrets)"),
     Permission("keys.write", "create, rotate and revoke API keys of a project"),
     Permission("projects.read", "see a project, its quotas and members"),
@@ -60,6 +61,7 @@ _VIEWER = frozenset({"status.read", "models.read", "engines.read", "routes.read"
                      "upstreams.read", "usage.read", "registry.read", "sim.read"})
 _DEVELOPER = _VIEWER | {"sim.run"}
 _OPERATOR = _DEVELOPER | {"routes.write", "upstreams.write", "bundles.import", "audit.read",
+                          "sim.calibrate",
                           "users.read", "hosts.read", "hosts.write", "deployments.read",
                           "deployments.write"}
 
@@ -131,6 +133,9 @@ ROUTE_RULES: tuple[RouteRule, ...] = (
     R("POST", "/api/sim/recommend", "sim.run"),
     R("GET", "/api/sim/runs", "sim.read"),
     R("GET", "/api/sim/runs/{id}", "sim.read"),
+    R("GET", "/api/sim/calibration", "sim.read"),
+    R("POST", "/api/sim/calibration", "sim.calibrate"),
+    R("DELETE", "/api/sim/calibration", "sim.calibrate"),
     # identity
     R("GET", "/api/users", "users.read"),
     R("POST", "/api/users", "users.write"),

@@ -2,7 +2,8 @@
 
 ``POST /api/sim/predict`` and ``POST /api/sim/recommend`` answer and record each run (header
 ``X-Sim-Run-Id``); ``GET /api/sim/runs`` lists recorded runs and ``GET /api/sim/runs/{id}``
-returns one with its full request and result.
+returns one with its full request and result. ``/api/sim/calibration`` shows (GET), installs
+(POST, CSV body) and removes (DELETE) the site calibration of the data directory.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 from aiohttp import web
 
+from appliance.sim import calibration
 from appliance.sim.errors import SimInputError
-from appliance.sim.service import Simulator, default_simulator, predict, recommend
+from appliance.sim.service import Simulator, predict, recommend, simulator_for
 from appliance.sim.structs import Deployment, Slo, Workload
 
 if TYPE_CHECKING:
@@ -232,6 +235,14 @@ class RunLog:
 
 SIMULATOR_KEY = web.AppKey("sim_simulator", Simulator)
 RUNS_KEY = web.AppKey("sim_runs", RunLog)
+DATA_DIR_KEY = web.AppKey("sim_data_dir", Path)
+STORE_KEY = web.AppKey("sim_store", object)
+
+
+def simulator_of(app: web.Application) -> Simulator:
+    """A fixed simulator (tests), else the data directory's: its site calibration, if any."""
+    fixed = app.get(SIMULATOR_KEY)
+    return fixed if fixed is not None else simulator_for(app.get(DATA_DIR_KEY))
 
 
 def _error(status: int, code: str, message: str) -> web.Response:
@@ -285,7 +296,7 @@ async def _handle(request: web.Request, kind: str, body_type: type[Any], run: An
         body = msgspec.json.decode(raw, type=body_type)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         return _error(400, "invalid_request", str(exc))
-    sim = request.app.get(SIMULATOR_KEY) or default_simulator()
+    sim = simulator_of(request.app)
     loop = asyncio.get_running_loop()
     try:
         result = await loop.run_in_executor(None, functools.partial(run, sim, body))
@@ -352,15 +363,88 @@ def _dumps(obj: Any) -> str:
     return msgspec.json.encode(obj).decode()
 
 
-def add_routes(app: web.Application, store_getter: StoreGetter | None = None) -> None:
+def _calibration_body(report: calibration.Calibration | None) -> web.Response:
+    return web.Response(
+        body=msgspec.json.encode({"active": report is not None, "calibration": report}),
+        content_type="application/json",
+    )
+
+
+async def calibration_view(request: web.Request) -> web.Response:
+    """The site calibration in use (``active`` false: the shipped regressor)."""
+    return _calibration_body(simulator_of(request.app).calibration)
+
+
+async def calibrate_view(request: web.Request) -> web.Response:
+    """Retrain the regressor with this site's measurements (CSV body) and install it."""
+    data_dir = request.app.get(DATA_DIR_KEY)
+    if data_dir is None:
+        return _error(409, "no_data_dir", "this server has no data directory to calibrate")
+    raw = await request.read()
+    try:
+        rows = calibration.parse_csv(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return _error(400, "invalid_request", "the measurements must be UTF-8 CSV")
+    except SimInputError as exc:
+        return _error(400, exc.code, exc.message)
+    fit = functools.partial(calibration.calibrate, rows, source=raw, nthread=1)
+    corr, report = await asyncio.get_running_loop().run_in_executor(None, fit)
+    await asyncio.to_thread(calibration.save, data_dir, corr, report)
+    await _audit(request, "sim.calibrate",
+                 {"rows": report.site_rows, "gpus": report.gpus, "sha256": report.source_sha256})
+    return _calibration_body(report)
+
+
+async def reset_calibration_view(request: web.Request) -> web.Response:
+    """Remove the site calibration: predictions go back to the shipped regressor."""
+    data_dir = request.app.get(DATA_DIR_KEY)
+    if data_dir is not None and await asyncio.to_thread(calibration.reset, data_dir):
+        await _audit(request, "sim.calibration.reset", {})
+    return _calibration_body(None)
+
+
+async def _audit(request: web.Request, action: str, detail: dict[str, Any]) -> None:
+    store_getter = request.app.get(STORE_KEY)
+    store = store_getter() if callable(store_getter) else None
+    if store is None:
+        return
+    from appliance.identity import audit
+    from appliance.identity.http import principal_of, source_address
+
+    await audit.write(store, actor=principal_of(request).name, action=action,
+                      target="sim/corrector-site", detail=detail,
+                      source_address=source_address(request))
+
+
+def add_routes(
+    app: web.Application,
+    store_getter: StoreGetter | None = None,
+    *,
+    data_dir: Path | None = None,
+    operations: list[tuple[str, str, str]] | None = None,
+) -> None:
     """Register the simulator's routes and its run log on ``app``.
 
-    ``store_getter`` returns the app's ``StateStore`` (runs go to its ``sim_runs`` table) or
-    ``None``; without one, runs are kept in memory (the newest 1000).
+    ``store_getter`` returns the app's ``StateStore`` (runs go to its ``sim_runs`` table,
+    calibrations to its audit trail) or ``None``; without one, runs are kept in memory (the
+    newest 1000). ``data_dir`` holds the site calibration; ``operations`` is the control
+    API's list feeding /api/openapi.json.
     """
     if RUNS_KEY not in app:
         app[RUNS_KEY] = RunLog(store_getter)
-    app.router.add_post("/api/sim/predict", predict_view)
-    app.router.add_post("/api/sim/recommend", recommend_view)
-    app.router.add_get("/api/sim/runs", runs_view)
-    app.router.add_get("/api/sim/runs/{id}", run_view)
+    if data_dir is not None:
+        app[DATA_DIR_KEY] = data_dir
+    app[STORE_KEY] = store_getter
+    routes = (
+        ("POST", "/api/sim/predict", predict_view),
+        ("POST", "/api/sim/recommend", recommend_view),
+        ("GET", "/api/sim/runs", runs_view),
+        ("GET", "/api/sim/runs/{id}", run_view),
+        ("GET", "/api/sim/calibration", calibration_view),
+        ("POST", "/api/sim/calibration", calibrate_view),
+        ("DELETE", "/api/sim/calibration", reset_calibration_view),
+    )
+    for method, path, handler in routes:
+        app.router.add_route(method, path, handler)
+        if operations is not None:
+            operations.append((method, path, (handler.__doc__ or "").strip().split("\n")[0]))

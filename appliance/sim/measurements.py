@@ -55,6 +55,8 @@ class Measurement(msgspec.Struct, frozen=True):
     e2e_s: float | None
     ttft_s: float | None
     source: str
+    #: The study states none; its runs are taken as 16-bit.
+    dtype: str = "bf16"
 
 
 def _consistent(row: dict[str, str], length: int, batch: int, latency: float) -> bool:

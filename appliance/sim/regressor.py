@@ -117,6 +117,27 @@ class Corrector:
         self._ttft = ttft_model
         self.meta = meta
 
+    def with_meta(self, meta: CorrectorMeta) -> Corrector:
+        """The same boosters described by ``meta``."""
+        return Corrector(self._e2e, self._ttft, meta)
+
+    def dump(self) -> tuple[str, str]:
+        """Both boosters as XGBoost JSON (e2e, TTFT)."""
+        return (bytes(self._e2e.save_raw("json")).decode(),
+                bytes(self._ttft.save_raw("json")).decode())
+
+    @classmethod
+    def from_dump(cls, e2e: str, ttft: str, meta: CorrectorMeta) -> Corrector:
+        """Boosters from ``dump``'s JSON (raises ImportError without xgboost)."""
+        import xgboost as xgb
+
+        boosters = []
+        for raw in (e2e, ttft):
+            booster = xgb.Booster(params={"nthread": 1})
+            booster.load_model(bytearray(raw.encode()))
+            boosters.append(booster)
+        return cls(boosters[0], boosters[1], meta)
+
     def log_factors(
         self, rows: list[dict[str, float]], gpus: Sequence[str] | None = None
     ) -> list[tuple[float, float]]:

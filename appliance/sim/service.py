@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from appliance.sim.errors import SimInputError
 from appliance.sim.hardware import DTYPES, GpuCatalog, GpuSpec, default_catalog
@@ -21,15 +24,25 @@ from appliance.sim.structs import (
     Workload,
 )
 
+if TYPE_CHECKING:
+    from appliance.sim.calibration import Calibration
+
 MAX_TOKENS = 1 << 20
 
 
 class Simulator:
     """The catalog and the trained corrector, loaded once and shared read-only."""
 
-    def __init__(self, catalog: GpuCatalog | None = None, corrector: Corrector | None = None):
+    def __init__(
+        self,
+        catalog: GpuCatalog | None = None,
+        corrector: Corrector | None = None,
+        calibration: Calibration | None = None,
+    ):
         self.catalog = catalog or default_catalog()
         self.corrector = corrector
+        #: Set when ``corrector`` is a site calibration (appliance.sim.calibration).
+        self.calibration = calibration
 
     @property
     def default_method(self) -> str:
@@ -72,6 +85,38 @@ class Simulator:
 def default_simulator() -> Simulator:
     """The built-in catalog with the shipped corrector (loaded once per process, read-only)."""
     return Simulator(default_catalog(), load_corrector())
+
+
+_site_lock = threading.Lock()
+_site_cache: dict[Path, tuple[tuple[int, int], Simulator]] = {}
+
+
+def simulator_for(data_dir: Path | None) -> Simulator:
+    """The site's calibrated simulator when ``data_dir`` holds one, else the shipped one.
+
+    Costs one ``stat`` per call; the artefact is reloaded when the file changes.
+    """
+    if data_dir is None:
+        return default_simulator()
+    from appliance.sim import calibration
+
+    path = calibration.site_path(data_dir)
+    try:
+        st = path.stat()
+    except OSError:
+        return default_simulator()
+    stamp = (st.st_mtime_ns, st.st_size)
+    with _site_lock:
+        cached = _site_cache.get(path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+    loaded = calibration.load(data_dir)
+    if loaded is None:
+        return default_simulator()
+    sim = Simulator(default_catalog(), loaded[0], loaded[1])
+    with _site_lock:
+        _site_cache[path] = (stamp, sim)
+    return sim
 
 
 def check_deployment(shape: ModelShape, dep: Deployment, gpu: GpuSpec) -> None:

@@ -48,6 +48,8 @@ TTFT_PARAMS: dict[str, float] = {
 
 #: Weight rows so every GPU type counts the same (see ``group_weights``).
 BALANCE_GPUS = True
+#: A GPU type with n rows has n / (n + this) of a full type's say.
+GROUP_WEIGHT_ROWS = 50
 #: Backfitting rounds between the shared booster and the per-GPU offsets.
 OFFSET_ROUNDS = 2
 #: A GPU's offset is its median residual times n / (n + OFFSET_SHRINK).
@@ -68,7 +70,13 @@ def to_samples(rows: Sequence[Measurement], catalog: GpuCatalog) -> list[Sample]
     for m in rows:
         shape = lookup_model(m.model)
         gpu = catalog.get(m.gpu)
-        dep = Deployment(gpu=m.gpu, tp=m.tp, pp=m.pp, engine=m.engine)  # type: ignore[arg-type]
+        dep = Deployment(
+            gpu=m.gpu,
+            tp=m.tp,
+            pp=m.pp,
+            dtype=m.dtype,  # type: ignore[arg-type]
+            engine=m.engine,  # type: ignore[arg-type]
+        )
         work = Workload(m.input_tokens, m.output_tokens, m.batch)
         lat = latency(shape, dep, gpu, work, m.batch)
         out.append(Sample(m=m, lat=lat, features=feature_row(shape, dep, gpu, work, m.batch, lat)))
@@ -76,15 +84,18 @@ def to_samples(rows: Sequence[Measurement], catalog: GpuCatalog) -> list[Sample]
 
 
 def group_weights(samples: Sequence[Sample]) -> list[float]:
-    """Weights that give every GPU type the same total say (mean weight 1).
+    """Weights that give every GPU type about the same total say (mean weight 1).
 
-    Without them the GPU with the most rows (MI300X, 22 %) sets the corrections for all.
+    Without them the GPU with the most rows (MI300X, 22 %) sets the corrections for all. A
+    type with few rows (a site's first measurements) gets a smaller say, n / (n + 50) of a
+    full one, so a handful of rows cannot outweigh a thousand.
     """
     counts: dict[str, int] = {}
     for s in samples:
         counts[s.m.gpu] = counts.get(s.m.gpu, 0) + 1
-    n, k = len(samples), len(counts)
-    return [n / (k * counts[s.m.gpu]) for s in samples]
+    raw = [1.0 / (counts[s.m.gpu] + GROUP_WEIGHT_ROWS) for s in samples]
+    mean = sum(raw) / len(raw)
+    return [w / mean for w in raw]
 
 
 def _train(

@@ -139,3 +139,34 @@ def test_hosts_and_deployments_pages(page: Any, seeded: ServerProcess) -> None:
     assert "h100-sxm" in proposal.inner_text() and proposal.locator("#confirm").is_visible()
     assert page.evaluate("document.activeElement.id") == "confirm"
     assert not page.watch.errors, json.dumps(page.watch.errors, indent=1)
+
+
+def test_simulator_calibration_from_the_page(page: Any, seeded: ServerProcess,
+                                             tmp_path: Any) -> None:
+    """Upload this site's measurements, see the accuracy table, go back to shipped."""
+    from tests.sim.test_calibration import site_csv
+
+    measurements = tmp_path / "site.csv"
+    measurements.write_text(site_csv())
+    url = seeded.url
+    page.on("dialog", lambda dialog: dialog.accept())
+    sign_in(page, url)
+    page.goto(url + "/simulator")
+    assert page.get_by_text("Predictions use the shipped regressor").is_visible()
+    page.get_by_role("button", name="Calibrate").click()  # no file: an inline error
+    assert page.locator("#measurements-error").inner_text()
+    page.get_by_label("Measurements (CSV)").set_input_files(str(measurements))
+    page.get_by_role("button", name="Calibrate").click()
+    table = page.locator("#cal-accuracy")
+    table.wait_for()
+    assert "h100-sxm" in table.inner_text()
+    page.wait_for_function("() => !document.getElementById('runs').textContent.includes('Loading')")
+    screenshot(page, "simulator-calibrated")
+    assert not _axe(page)
+    page.get_by_role("button", name="Back to shipped").click()
+    table.wait_for(state="detached")
+    assert page.get_by_text("Predictions use the shipped regressor").is_visible()
+    # the page swapped in place still plans
+    page.get_by_role("button", name="Recommend").click()
+    page.locator("#ranked-panel").wait_for(state="visible")
+    assert not page.watch.errors, json.dumps(page.watch.errors, indent=1)

@@ -36,7 +36,10 @@
   // --- API calls (through the console's same-origin doors) --------------------------------
   FA.api = async function (method, url, body) {
     const opts = { method, headers: { "X-CSRF-Token": csrf() }, credentials: "same-origin" };
-    if (body !== undefined) {
+    if (body instanceof Blob) {  // a file as it is (e.g. a CSV upload)
+      opts.headers["Content-Type"] = body.type || "application/octet-stream";
+      opts.body = body;
+    } else if (body !== undefined) {
       opts.headers["Content-Type"] = "application/json";
       opts.body = JSON.stringify(body);
     }

@@ -1,8 +1,8 @@
 // Simulator: recommend layouts, then predict latency against concurrency for the winner.
 "use strict";
+// Listeners are delegated: the page is swapped in place (FA.refresh) after a calibration.
 (function () {
-  const form = document.getElementById("sim-form");
-  if (!form) return;
+  if (!document.getElementById("sim-form")) return;
   let curve = null;
   const $ = (id) => document.getElementById(id);
 
@@ -21,7 +21,21 @@
       }).join("") + "</tbody></table></div>";
   }
 
-  form.addEventListener("submit", async (ev) => {
+  async function calibrate(ev) {
+    const cal = ev.target;
+    ev.preventDefault();
+    if (!FA.validate(cal)) return;
+    const file = cal.elements.measurements.files[0];
+    const button = $("calibrate"); button.disabled = true; button.textContent = "Training…";
+    const res = await FA.api("POST", "/ui/api/sim/calibration", file.type ? file : new Blob([file], { type: "text/csv" }));
+    button.disabled = false; button.textContent = "Calibrate";
+    if (!res.ok) { FA.showApiError(cal, res.error); FA.toast(res.error.message, "bad"); return; }
+    FA.toast("Calibrated with " + res.data.calibration.site_rows + " site measurements", "ok");
+    FA.refresh();
+  }
+
+  async function recommend(ev) {
+    const form = ev.target;
     ev.preventDefault();
     if (!FA.validate(form)) return;
     const f = FA.formData(form);
@@ -44,6 +58,15 @@
     $("ranked-panel").hidden = false;
     if (rec.candidates.length) await drawCurve(f, rec.candidates[0].deployment);
     loadRuns();
+  }
+
+  document.addEventListener("submit", (ev) => {
+    if (ev.target.id === "sim-form") recommend(ev);
+    else if (ev.target.id === "cal-form") calibrate(ev);
+  });
+  document.addEventListener("fa:refreshed", () => {
+    curve = null;  // its element was replaced
+    if ($("runs")) loadRuns();
   });
 
   async function drawCurve(f, d) {
