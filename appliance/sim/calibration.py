@@ -43,6 +43,7 @@ REQUIRED = ("gpu", "engine", "model", "input_tokens", "output_tokens", "batch")
 OPTIONAL = ("tp", "pp", "dtype", "e2e_s", "ttft_s")
 MAX_ROWS = 20_000
 MAX_BYTES = 8 << 20
+MAX_GPUS, MAX_TOKENS, MAX_BATCH = 4096, 1 << 20, 1 << 16
 
 
 class GpuAccuracy(msgspec.Struct, frozen=True):
@@ -117,7 +118,9 @@ def parse_csv(text: str, catalog: GpuCatalog | None = None) -> list[Measurement]
     return rows
 
 
-def _positive(row: dict[str, str], key: str, kind: type, default: Any = None) -> Any:
+def _positive(
+    row: dict[str, str], key: str, kind: type, default: Any = None, most: float = math.inf
+) -> Any:
     text = row.get(key, "")
     if not text:
         if default is None:
@@ -129,6 +132,8 @@ def _positive(row: dict[str, str], key: str, kind: type, default: Any = None) ->
         raise SimInputError(f"{key}={text!r} is not a number") from None
     if not (value > 0 and math.isfinite(value)):
         raise SimInputError(f"{key} must be positive, not {text}")
+    if value > most:
+        raise SimInputError(f"{key}={text} is over the most the simulator takes ({most:g})")
     return value
 
 
@@ -149,11 +154,11 @@ def _measurement(row: dict[str, str], catalog: GpuCatalog) -> Measurement:
         gpu=gpu,
         engine=engine,
         model=row["model"],
-        tp=_positive(row, "tp", int, 1),
-        pp=_positive(row, "pp", int, 1),
-        input_tokens=_positive(row, "input_tokens", int),
-        output_tokens=_positive(row, "output_tokens", int),
-        batch=_positive(row, "batch", int),
+        tp=_positive(row, "tp", int, 1, most=MAX_GPUS),
+        pp=_positive(row, "pp", int, 1, most=MAX_GPUS),
+        input_tokens=_positive(row, "input_tokens", int, most=MAX_TOKENS),
+        output_tokens=_positive(row, "output_tokens", int, most=MAX_TOKENS),
+        batch=_positive(row, "batch", int, most=MAX_BATCH),
         e2e_s=e2e,
         ttft_s=ttft,
         source="site",

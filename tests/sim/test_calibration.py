@@ -46,6 +46,7 @@ def site_csv() -> str:
         (HEADER + "h100-sxm,vllm,llama-3-8b,1,128,128,abc,1.0,\n", "line 2: batch='abc'"),
         (HEADER + "h100-sxm,vllm,llama-3-8b,1,128,128,4,-1,\n", "line 2: e2e_s must be positive"),
         (HEADER + "h100-sxm,vllm,llama-3-8b,1,128,128,4,,\n", "line 2: needs e2e_s or ttft_s"),
+        (HEADER + "h100-sxm,vllm,llama-3-8b,1,128,128,99999999,1.0,\n", "line 2: batch=99999999"),
         (HEADER + "b300,vllm,llama-3-8b,1,128,128,4,1.0,\n", "line 2: unknown GPU 'b300'"),
         (HEADER + "h100-sxm,vllm,my-model,1,128,128,4,1.0,\n", "line 2: unknown model"),
         (HEADER + "h100-sxm,triton,llama-3-8b,1,128,128,4,1.0,\n", "line 2: unknown engine"),
