@@ -1,9 +1,11 @@
 """HTTP surface of bundle imports: streaming upload, import jobs and their progress.
 
 ``POST /api/bundles`` takes a tar of a bundle as the request body (streamed to the data
-directory, never held in memory) and answers 202 with a job; ``GET /api/bundles/imports`` and
-``GET /api/bundles/imports/{id}`` report state, bytes, percent, rate and ETA. These live under
-``/api`` and so need an admin key, like the rest of the control API.
+directory, never held in memory, so ``server.max_body_bytes`` does not apply) and answers 202
+with a job (``?filename=`` names the file it came from; ``?allow_unsigned=1`` as for imports);
+``GET /api/bundles/imports`` and ``GET /api/bundles/imports/{id}`` report state, bytes,
+percent, rate and ETA. These live under ``/api`` and need ``bundles.import``, like imports from
+a path.
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=_encode(data), content_type="application/json")
 
 
+def upload_source(filename: str) -> str:
+    """What an upload is recorded as coming from (its temporary copy is gone afterwards)."""
+    name = "".join(c for c in filename.replace("\\", "/").rsplit("/", 1)[-1]
+                   if c.isprintable())[:200].strip()
+    return f"upload:{name}" if name else "upload"
+
+
 class BundleViews:
     def __init__(self, jobs: ImportJobs, data_dir: Path) -> None:
         self.jobs = jobs
@@ -45,6 +54,7 @@ class BundleViews:
     async def upload(self, request: web.Request) -> web.Response:
         """Upload a tar of a bundle (streamed); the import runs as a job."""
         allow_unsigned = request.query.get("allow_unsigned", "") in ("1", "true", "yes")
+        source = upload_source(request.query.get("filename", ""))
         await asyncio.to_thread(self.uploads.mkdir, parents=True, exist_ok=True)
         length = request.content_length
         if length is not None:
@@ -72,7 +82,7 @@ class BundleViews:
             await asyncio.to_thread(partial.unlink, missing_ok=True)
             raise
         job = self.jobs.start(target, origin="upload", allow_unsigned=allow_unsigned,
-                              cleanup=target)
+                              cleanup=target, source=source)
         return _json({"id": job.id, "state": job.state, "bytes_received": received,
                       "status_url": f"/api/bundles/imports/{job.id}"}, status=202)
 

@@ -157,17 +157,22 @@ def _opener(src: BundleSource, f: BundleFile) -> Callable[[int], Reader]:
 
 
 def import_bundle(data_dir: Path, path: Path, *, progress: Progress | None = None,
-                  allow_unsigned: bool = False) -> ImportResult:
-    """Verify and import the bundle (directory or tar) at ``path`` (blocking; use a thread)."""
+                  allow_unsigned: bool = False, source: str = "") -> ImportResult:
+    """Verify and import the bundle (directory or tar) at ``path`` (blocking; use a thread).
+
+    ``source`` is what the bundle is recorded as coming from (default: ``path``); an upload
+    names the file the operator sent, not its temporary copy.
+    """
     src = open_source(path)
     try:
-        return _import(data_dir, src, progress=progress, allow_unsigned=allow_unsigned)
+        return _import(data_dir, src, progress=progress, allow_unsigned=allow_unsigned,
+                       source=source or src.name)
     finally:
         src.close()
 
 
 def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
-            allow_unsigned: bool) -> ImportResult:
+            allow_unsigned: bool, source: str) -> ImportResult:
     manifest, raw = read_manifest(src)
     manifest_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     by_path = {f.path: f for f in manifest.files}
@@ -212,7 +217,7 @@ def _import(data_dir: Path, src: BundleSource, *, progress: Progress | None,
         databases = _scanner_databases(store, index, by_path)
         analyses = _analyse(conn, store, models, databases)
         bundle_id = "bnd_" + uuid.uuid4().hex[:12]
-        _record(conn, store, manifest, manifest_digest, src.name, bundle_id, signer, models,
+        _record(conn, store, manifest, manifest_digest, source, bundle_id, signer, models,
                 images, analyses, databases)
         return ImportResult(bundle_id=bundle_id, name=manifest.name, version=manifest.version,
                             models=[m[0].name for m in models], bytes_copied=need,

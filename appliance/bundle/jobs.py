@@ -59,9 +59,13 @@ class ImportJobs:
         self._handled: dict[Path, tuple[int, float]] = {}
 
     def start(self, path: Path, *, origin: str, allow_unsigned: bool = False,
-              cleanup: Path | None = None) -> ImportJob:
-        """Start importing ``path`` in the background; return the job to poll."""
-        job = ImportJob(id="imp_" + uuid.uuid4().hex[:12], source=str(path), origin=origin)
+              cleanup: Path | None = None, source: str = "") -> ImportJob:
+        """Start importing ``path`` in the background; return the job to poll.
+
+        ``source`` is what the job and the bundle are recorded as coming from (default: path).
+        """
+        job = ImportJob(id="imp_" + uuid.uuid4().hex[:12], source=source or str(path),
+                        origin=origin)
         self.jobs[job.id] = job
         for old in list(self.jobs)[:-MAX_JOBS_KEPT]:
             if self.jobs[old].state in ("success", "error"):
@@ -88,21 +92,29 @@ class ImportJobs:
         try:
             job.result = await asyncio.to_thread(import_bundle, self.data_dir, path,
                                                  progress=progress,
-                                                 allow_unsigned=allow_unsigned)
+                                                 allow_unsigned=allow_unsigned,
+                                                 source=job.source)
             job.state = "success"
             job.percent, job.eta_s = 100.0, 0.0
             log.info("bundle import %s from %s done", job.id, path)
             await self.on_imported()
         except ApplianceError as exc:
-            job.state, job.error, job.error_code = "error", exc.message, exc.code
+            job.state, job.error_code = "error", exc.code
+            job.error = self._say(exc.message, job, path)
             log.warning("bundle import %s from %s failed: %s", job.id, path, exc.message)
         except Exception as exc:  # recorded on the job and logged, never swallowed
-            job.state, job.error, job.error_code = "error", str(exc), "internal_error"
+            job.state, job.error_code = "error", "internal_error"
+            job.error = self._say(str(exc), job, path)
             log.exception("bundle import %s from %s failed", job.id, path)
         finally:
             job.finished_at = time.time()
             if cleanup is not None:
                 await asyncio.to_thread(cleanup.unlink, missing_ok=True)
+
+    @staticmethod
+    def _say(message: str, job: ImportJob, path: Path) -> str:
+        """An error as the operator knows the bundle: an upload by its name, not its copy."""
+        return message.replace(str(path), job.source) if job.source != str(path) else message
 
     # --- watch directories --------------------------------------------------------------------
 

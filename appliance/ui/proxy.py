@@ -4,7 +4,8 @@ The console's scripts call the appliance's own control API and gateway through t
 the signed-in operator's credentials added on the server (the browser never holds a bearer
 token) and a CSRF check on every state-changing request. The call goes over loopback to the
 socket the browser reached, so it passes the same authentication, validation, rate limits,
-metering and audit as any other client.
+metering and audit as any other client. Request and response bodies are streamed both ways,
+so a multi-gigabyte bundle upload (``POST /ui/api/bundles``) never sits in memory here.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ async def playground_key(request: web.Request, operator: Operator) -> str | web.
 
 
 async def forward(request: web.Request, path: str) -> web.StreamResponse:
-    """Send this request to ``path`` on this appliance and stream the answer back."""
+    """Stream this request to ``path`` on this appliance and stream the answer back."""
     operator = await operator_for_call(request)
     if isinstance(operator, web.Response):
         return operator
@@ -97,8 +98,12 @@ async def forward(request: web.Request, path: str) -> web.StreamResponse:
         headers["Authorization"] = bearer
     else:
         headers.update(credentials(operator))
+    # The body is streamed, never read here: a bundle upload is gigabytes, and the handler
+    # upstream applies the server's body-size limit where it reads a body whole.
+    body = request.content if request.body_exists else None
+    if body is not None and request.content_length is not None:
+        headers["Content-Length"] = str(request.content_length)
     session = request.app[CONSOLE].http()
-    body = await request.read() if request.can_read_body else None
     try:
         async with session.request(request.method, loopback(request, path), data=body,
                                    headers=headers, ssl=False) as upstream:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import tarfile
+from pathlib import Path
 from typing import Any
 
 from appliance.app import SERVICES
 from appliance.gateway.keys import create_key
 from appliance.ui.auth import CSRF_HEADER, SESSION_COOKIE
+from tests.bundle.conftest import gguf, trust, write_recipe
 from tests.conftest import AppFactory
+from tests.identity.conftest import ADMIN_PASSWORD, sign_in
 
 PAGES = ["/", "/usage", "/models", "/routes", "/playground", "/hosts", "/deployments", "/keys",
          "/access", "/audit", "/bundles", "/registry", "/simulator"]
@@ -157,3 +162,112 @@ async def test_hosts_and_deployments_pages_by_role(appliance: AppFactory, monkey
                              headers={CSRF_HEADER: csrf},
                              json={"name": "Bad Name", "address": "10.0.0.9", "password": "x"})
     assert resp.status == 400 and (await resp.json())["error"]["param"] == "name"
+
+
+# --- bundle uploads through the door: streamed, not limited by server.max_body_bytes ---------
+
+
+def _bundle_tar(root: Path, key: Any, *, model_bytes: int = 16388) -> Path:
+    """A signed bundle of the small test recipe, as one tar under ``root``."""
+    from appliance.bundle.create import create_bundle
+    from appliance.bundle.recipe import load_recipe
+
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "bundle"
+    create_bundle(load_recipe(write_recipe(root, model=gguf(model_bytes))), out, sign_key=key)
+    tar = root / "bundle.tar"
+    with tarfile.open(tar, "w") as f:
+        f.add(out, arcname=".")
+    return tar
+
+
+async def _signed_in(appliance: AppFactory, tmp_path: Path, monkeypatch: Any,
+                     config: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """An appliance that trusts a fresh signing key, and the admin signed in (Browser)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    trust(tmp_path / "data", key)  # the data dir the appliance fixture uses
+    monkeypatch.setenv("APPLIANCE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    client = await appliance(config)
+    return key, await sign_in(client, "admin", ADMIN_PASSWORD)
+
+
+async def _finished(user: Any, status_url: str) -> dict[str, Any]:
+    for _ in range(200):
+        job: dict[str, Any] = await (await user.call("GET", "/ui" + status_url)).json()
+        if job["state"] in ("success", "error"):
+            return job
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"the import job did not finish: {job}")
+
+
+async def test_bundle_upload_through_the_door(appliance: AppFactory, tmp_path: Path,
+                                              monkeypatch: Any) -> None:
+    key, user = await _signed_in(appliance, tmp_path, monkeypatch)
+    tar = _bundle_tar(tmp_path / "usb", key)
+    assert (await user.client.post("/ui/api/bundles", data=tar.read_bytes())).status == 403
+    resp = await user.call("POST", "/ui/api/bundles?filename=C%3A%5Cusb%5Csite.tar",
+                           data=tar.read_bytes(), headers={"Content-Type": "application/x-tar"})
+    assert resp.status == 202, await resp.text()
+    started = await resp.json()
+    assert started["bytes_received"] == tar.stat().st_size
+    job = await _finished(user, started["status_url"])
+    assert job["state"] == "success", job
+    assert job["percent"] == 100.0 and job["origin"] == "upload"
+    assert job["source"] == "upload:site.tar"  # the sender's file name, not the temporary copy
+    assert job["result"]["name"] == "site-starter"
+    assert job["result"]["models"] == ["my-local-model"]
+    assert job["result"]["signed_by"]
+    page = await (await user.call("GET", "/bundles")).text()
+    assert "site-starter" in page and "my-local-model 1.0.0" in page and "upload:site.tar" in page
+    assert not list((tmp_path / "data" / "uploads").iterdir())
+    # a corrupt tar is accepted as an upload, and its import fails with a reason
+    resp = await user.call("POST", "/ui/api/bundles?filename=bad.tar",
+                           data=b"not a tar at all " * 4096)
+    assert resp.status == 202, await resp.text()
+    job = await _finished(user, (await resp.json())["status_url"])
+    assert job["state"] == "error", job
+    assert job["error"].startswith("upload:bad.tar is not an uncompressed tar archive"), job
+
+async def test_uploads_larger_than_max_body_bytes_stream(appliance: AppFactory, tmp_path: Path,
+                                                         monkeypatch: Any) -> None:
+    limit = 64 * 1024
+    key, user = await _signed_in(appliance, tmp_path, monkeypatch,
+                                 {"server": {"max_body_bytes": limit}})
+    tar = _bundle_tar(tmp_path / "usb", key, model_bytes=6 * limit)
+    data = tar.read_bytes()
+    assert len(data) > 5 * limit
+
+    async def chunked() -> Any:  # no Content-Length: chunked transfer encoding
+        for i in range(0, len(data), 10_000):
+            yield data[i:i + 10_000]
+
+    for body in (data, chunked()):  # with a Content-Length, and chunked
+        resp = await user.call("POST", "/ui/api/bundles", data=body)
+        assert resp.status == 202, await resp.text()
+        assert (await resp.json())["bytes_received"] == len(data)
+        job = await _finished(user, (await resp.json())["status_url"])
+        assert job["state"] == "success", job
+    # the direct route is not limited either
+    resp = await user.call("POST", "/api/bundles", data=data)
+    assert resp.status == 202, await resp.text()
+    assert (await _finished(user, (await resp.json())["status_url"]))["state"] == "success"
+    # a JSON call still meets the limit, where its handler reads the body whole
+    resp = await user.call("POST", "/ui/api/keys", json={"name": "x" * (2 * limit)})
+    assert resp.status == 400
+    assert "exceeded" in (await resp.json())["error"]["message"]
+    # small JSON calls through the door keep working
+    resp = await user.call("POST", "/ui/api/keys", json={"name": "after-upload"})
+    assert resp.status == 201, await resp.text()
+    # a refusal upstream that comes before the body is read reaches the browser as such
+    resp = await user.call("POST", "/api/users", json={"username": "vera", "role": "viewer",
+                                                       "password": "pw-vera-vera"})
+    assert resp.status == 201, await resp.text()
+    user.client.session.cookie_jar.clear()
+    viewer = await sign_in(user.client, "vera", "pw-vera-vera")
+    resp = await viewer.call("POST", "/ui/api/bundles", data=data * 8)
+    assert resp.status == 403
+    assert (await resp.json())["error"]["code"] == "permission_denied"
+    resp = await viewer.call("POST", "/ui/bundles/import", json={"path": str(tar)})
+    assert resp.status == 403  # nor from a path on the host

@@ -4,6 +4,7 @@
 (function () {
   const FA = (window.FA = {});
   const csrf = () => (document.querySelector('meta[name="csrf-token"]') || {}).content || "";
+  FA.csrf = csrf;  // the X-CSRF-Token header's value, for calls made without FA.api (uploads)
 
   // --- theme -----------------------------------------------------------------------------
   function syncThemeButton() {

@@ -1,4 +1,8 @@
-"""Bundles: what was imported, and an import from a path on this host with live progress."""
+"""Bundles: what was imported, an import from a path on this host with live progress.
+
+The page's other way in, an upload from the browser's computer, needs nothing here: the
+browser streams the tar through the door to ``POST /api/bundles`` and polls the import job.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from aiohttp import web
 
 from appliance.bundle.importer import import_bundle
 from appliance.kernel.errors import ApplianceError
-from appliance.ui.pages import CONSOLE, Page, PageRequest
-from appliance.ui.proxy import operator_for_call
+from appliance.ui.pages import CONSOLE, Page, PageRequest, can
+from appliance.ui.proxy import json_error, operator_for_call
 
 
 class ImportForm(msgspec.Struct, forbid_unknown_fields=True):
@@ -37,6 +41,8 @@ async def import_stream(request: web.Request) -> web.StreamResponse:
     operator = await operator_for_call(request)
     if isinstance(operator, web.Response):
         return operator
+    if not can(operator, "bundles.import"):  # as POST /api/bundles/import requires
+        return json_error(403, "permission_denied", "your role does not grant bundles.import")
     services = request.app[CONSOLE].services
     try:
         form = msgspec.json.decode(await request.read(), type=ImportForm)
