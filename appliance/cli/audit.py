@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sqlite3
 import sys
 import time
@@ -17,6 +18,7 @@ from appliance.cli.common import (
     settings_from,
 )
 from appliance.identity import audit
+from appliance.identity.audit_head import load_head
 from appliance.kernel.errors import ConfigError
 from appliance.settings import Settings
 from appliance.store.state import STATE_FILE, StateStore
@@ -38,17 +40,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ls.add_argument("--limit", type=int, default=50)
     ls.set_defaults(func=list_)
 
-    v = au.add_parser("verify", help="check the hash chain and checkpoints",
-                      description="Exit 0 when the chain is intact; otherwise name the first "
-                      "broken entry and exit 1. With --export FILE, verify an export offline.")
+    v = au.add_parser("verify", help="check the hash chain, checkpoints and signed head",
+                      description="Exit 0 when the chain, its checkpoints and the signed head "
+                      "(audit-head.json, which shows entries deleted from the end) agree; "
+                      "otherwise name the first broken entry and exit 1. Creates the head of a "
+                      "data dir that has none (and says so). With --export FILE, verify an "
+                      "export offline.")
     add_common(v)
     v.add_argument("--export", type=Path, metavar="FILE",
                    help="verify an `audit export` file instead of the data dir")
+    v.add_argument("--saved-head", type=Path, metavar="FILE",
+                   help="a copy of audit-head.json kept off the appliance earlier: the trail "
+                   "must still hold the entry it names (shows an older head file put back)")
     v.set_defaults(func=verify)
 
     ex = au.add_parser("export", help="write JSON lines for an auditor",
-                       description="Write the entries, the checkpoints and the public key "
-                       "as JSON lines (to --out or standard output).")
+                       description="Write the entries, the checkpoints, the signed head and "
+                       "the public key as JSON lines (to --out or standard output).")
     add_common(ex, json_flag=False)
     ex.add_argument("--out", type=Path, metavar="FILE")
     ex.set_defaults(func=export)
@@ -83,13 +91,14 @@ def list_(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     try:
+        saved = None if args.saved_head is None else load_head(args.saved_head)
         if args.export is not None:
             with args.export.open() as fh:
-                result = audit.verify_export(fh)
+                result = audit.verify_export(fh, saved_head=saved)
         else:
             conn = _open(args)
             try:
-                result = audit.verify_sync(conn, _data_dir(args))
+                result = audit.verify_sync(conn, _data_dir(args), saved_head=saved)
             finally:
                 conn.close()
     except (ConfigError, OSError, ValueError) as exc:
@@ -97,8 +106,11 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result)
     elif result.ok:
+        head = "" if result.head is None else f", signed head at entry {result.head}"
         print(f"audit trail intact: {result.entries} entries, {result.checkpoints} signed "
-              "checkpoints")
+              f"checkpoints{head}")
+        if result.note:
+            print(f"note: {result.note}")
     else:
         print(f"audit trail BROKEN at entry {result.first_broken_id}: {result.reason}",
               file=sys.stderr)
@@ -111,13 +123,17 @@ def export(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return fail(exc.message, 2)
     try:
+        lines = audit.export_lines(conn, _data_dir(args))
+        first = next(lines, None)  # reads the head: an unreadable one fails before any output
         out = args.out.open("w") if args.out else sys.stdout
         try:
-            for line in audit.export_lines(conn, _data_dir(args)):
+            for line in itertools.chain([first] if first else [], lines):
                 out.write(line + "\n")
         finally:
             if args.out:
                 out.close()
+    except ValueError as exc:
+        return fail(str(exc), 2)
     finally:
         conn.close()
     return 0

@@ -3,24 +3,29 @@
 Each entry stores the sha256 of its own canonical form, which includes the previous entry's
 hash, so an edited, deleted or reordered row breaks the chain at that row. Every
 ``CHECKPOINT_EVERY`` entries an Ed25519 signature over (entry id, entry hash) is stored in
-``audit_checkpoints``; an auditor holding the public key can check an export offline.
+``audit_checkpoints``; an auditor holding the public key can check an export offline. After
+every transaction that recorded entries, the signed head outside the database
+(``audit_head``) moves to the newest entry, so rows deleted from the end show as well.
 
 Callers record inside the transaction that makes the change, so the change and its audit
 entry commit together or not at all: ``record`` for a ``sqlite3`` connection (CLI, bundle
 import), ``record_async`` for the server's aiosqlite connection. Details are scrubbed of
-anything that looks like a secret before they are written.
+anything that looks like a secret before they are written. The head follows the commit:
+inside ``StateStore.transaction()`` or ``transaction_sync`` it is written right after it;
+a caller that commits by hand gets it with the next write or at process exit, unless it
+calls ``audit_head.publish_head`` itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import getpass
 import hashlib
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +34,20 @@ import msgspec
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from appliance.store.state import StateStore
+from appliance.identity.audit_head import (
+    HEAD_FILE,
+    Head,
+    check_head,
+    head_from_export,
+    publish_head,
+    read_head,
+    schedule_head,
+    since_note,
+)
+from appliance.identity.audit_signing import key_id, public_key, public_key_pem, signing_key
+from appliance.store.state import STATE_FILE, StateStore, transaction_sync
 
 CHECKPOINT_EVERY = 100
-SIGNING_KEY_FILE = "audit-signing.key"
 _SECRET_WORDS = ("password", "secret", "api_key", "apikey", "token", "private", "credential")
 _FIELDS = "id, at, actor, action, target, source_address, outcome, detail, prev_hash, hash"
 
@@ -69,6 +84,8 @@ class VerifyResult(msgspec.Struct, kw_only=True):
     checkpoints: int
     first_broken_id: int | None = None
     reason: str = ""
+    head: int | None = None  # the entry the signed head names, once checked
+    note: str = ""  # what an intact result does not cover (a head created late)
 
 
 def cli_actor() -> str:
@@ -106,42 +123,10 @@ def _row_hash(row: Sequence[Any], prev_hash: str) -> str:
                       prev_hash=prev_hash)
 
 
-# --- signing key for checkpoints ----------------------------------------------------------------
-
-
-def _key_id(public: Ed25519PublicKey) -> str:
-    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
-
-
-def signing_key(data_dir: Path) -> Ed25519PrivateKey:
-    """The data dir's checkpoint signing key, created (mode 0600) on first use; blocking."""
-    path = data_dir / SIGNING_KEY_FILE
-    if not path.exists():
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(pem)
-        os.replace(tmp, path)
-    loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(loaded, Ed25519PrivateKey):
-        raise ValueError(f"{path} is not an Ed25519 private key")
-    return loaded
-
-
-def public_key_pem(data_dir: Path) -> str:
-    """The PEM public key that verifies this data dir's checkpoints."""
-    return signing_key(data_dir).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-
-
 def _checkpoint_row(key: Ed25519PrivateKey, entry_id: int, digest: str) -> tuple[Any, ...]:
     message = f"{entry_id}:{digest}".encode()
     signature = base64.b64encode(key.sign(message)).decode()
-    return (entry_id, digest, time.time(), _key_id(key.public_key()), signature)
+    return (entry_id, digest, time.time(), key_id(key.public_key()), signature)
 
 
 def _data_dir_of(conn: sqlite3.Connection) -> Path:
@@ -190,10 +175,13 @@ def record(conn: sqlite3.Connection, *, actor: str, action: str, target: str,
     digest = _row_hash(values, prev)
     conn.execute(f"INSERT INTO audit_log ({_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                  (*values, prev, digest))
+    db_file = conn.execute("PRAGMA database_list").fetchone()[2]
     if entry_id % CHECKPOINT_EVERY == 0:
         key = signing_key(_data_dir_of(conn))
         conn.execute("INSERT INTO audit_checkpoints (entry_id, entry_hash, at, key_id, signature)"
                      " VALUES (?,?,?,?,?)", _checkpoint_row(key, entry_id, digest))
+    if db_file:  # not an in-memory database
+        schedule_head(Path(db_file).parent, entry_id)
     return entry_id
 
 
@@ -224,12 +212,12 @@ async def record_async(conn: aiosqlite.Connection, *, actor: str, action: str, t
     await conn.execute(f"INSERT INTO audit_log ({_FIELDS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                        (*values, prev, digest))
     if entry_id % CHECKPOINT_EVERY == 0 and data_dir is not None:
-        import asyncio
-
         key = await asyncio.to_thread(signing_key, data_dir)
         await conn.execute(
             "INSERT INTO audit_checkpoints (entry_id, entry_hash, at, key_id, signature)"
             " VALUES (?,?,?,?,?)", _checkpoint_row(key, entry_id, digest))
+    if data_dir is not None:
+        schedule_head(data_dir, entry_id)
     return entry_id
 
 
@@ -247,16 +235,11 @@ def write_sync(data_dir: Path, *, actor: str, action: str, target: str,
                detail: dict[str, Any] | None = None, source_address: str = "",
                outcome: str = "success") -> int:
     """Record one entry in a transaction of its own through a new connection (CLI)."""
-    conn = sqlite3.connect(data_dir / "state.db", isolation_level=None, timeout=10)
+    conn = sqlite3.connect(data_dir / STATE_FILE, isolation_level=None, timeout=10)
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction_sync(conn):
             entry_id = record(conn, actor=actor, action=action, target=target, detail=detail,
                               source_address=source_address, outcome=outcome)
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     finally:
         conn.close()
     return entry_id
@@ -305,8 +288,14 @@ async def list_entries(store: StateStore, *, actor: str | None = None,
 
 
 def verify_rows(rows: Iterable[Sequence[Any]], checkpoints: Sequence[Checkpoint],
-                public: Ed25519PublicKey | None) -> VerifyResult:
-    """Check the chain over ``rows`` (in id order) and the checkpoints against it."""
+                public: Ed25519PublicKey | None, *, head: Head | None = None,
+                saved_head: Head | None = None) -> VerifyResult:
+    """Check the chain over ``rows`` (in id order), then the checkpoints and the signed head
+    against it (read the head first: it may name only entries that ``rows`` holds).
+
+    ``saved_head`` is a copy of the head kept elsewhere earlier: the log must still hold the
+    entry it names, and the data dir's head must not be older (an older head file put back).
+    """
     prev = ""
     expected_id = None
     hashes: dict[int, str] = {}
@@ -354,6 +343,25 @@ def verify_rows(rows: Iterable[Sequence[Any]], checkpoints: Sequence[Checkpoint]
                                 first_broken_id=cp.entry_id,
                                 reason=f"entry {cp.entry_id} differs from its signed "
                                 f"checkpoint {cp.id}")
+    kid = None if public is None else key_id(public)
+    if head is not None:
+        broken = check_head(head, public, kid, last_id, hashes)
+        if broken is not None:
+            return VerifyResult(ok=False, entries=count, checkpoints=len(checkpoints),
+                                first_broken_id=broken[0], reason=broken[1])
+    if saved_head is not None:
+        broken = check_head(saved_head, public, kid, last_id, hashes)
+        if broken is None and head is not None and head.entry_id < saved_head.entry_id:
+            broken = (head.entry_id + 1, f"{HEAD_FILE} names entry {head.entry_id}, before "
+                      f"the saved head's {saved_head.entry_id} (an older head file was put "
+                      "back)")
+        if broken is not None:
+            return VerifyResult(ok=False, entries=count, checkpoints=len(checkpoints),
+                                first_broken_id=broken[0],
+                                reason=f"against the saved head: {broken[1]}")
+    if head is not None:
+        return VerifyResult(ok=True, entries=count, checkpoints=len(checkpoints),
+                            head=head.entry_id, note=since_note(head))
     return VerifyResult(ok=True, entries=count, checkpoints=len(checkpoints))
 
 
@@ -362,26 +370,57 @@ def _checkpoints(rows: Iterable[Sequence[Any]]) -> list[Checkpoint]:
                        signature=r[5]) for r in rows]
 
 
-def _public(data_dir: Path) -> Ed25519PublicKey | None:
-    path = data_dir / SIGNING_KEY_FILE
-    if not path.exists():
-        return None
-    return signing_key(data_dir).public_key()
-
-
 _CP_SQL = "SELECT id, entry_id, entry_hash, at, key_id, signature FROM audit_checkpoints " \
           "ORDER BY id"
 
 
-def verify_sync(conn: sqlite3.Connection, data_dir: Path) -> VerifyResult:
-    """Verify the chain of a data dir through a synchronous connection."""
+def verify_sync(conn: sqlite3.Connection, data_dir: Path, *,
+                saved_head: Head | None = None) -> VerifyResult:
+    """Verify the chain of a data dir through a synchronous connection, and its signed head.
+
+    A data dir with entries but no head (one from before signed heads) is not an error: the
+    head is created here and the result's ``note`` says so.
+    """
+    try:
+        head, head_error = read_head(data_dir), ""
+    except ValueError as exc:
+        head, head_error = None, str(exc)
     rows = conn.execute(f"SELECT {_FIELDS} FROM audit_log ORDER BY id")
-    return verify_rows(rows, _checkpoints(conn.execute(_CP_SQL).fetchall()), _public(data_dir))
+    result = verify_rows(rows, _checkpoints(conn.execute(_CP_SQL).fetchall()),
+                         public_key(data_dir), head=head, saved_head=saved_head)
+    if not result.ok:
+        return result
+    if head_error:
+        return msgspec.structs.replace(result, ok=False, first_broken_id=None,
+                                       reason=head_error)
+    # AUTOINCREMENT remembers the highest id ever inserted; a plain DELETE leaves it behind
+    seq, last_id = conn.execute(
+        "SELECT (SELECT seq FROM sqlite_sequence WHERE name='audit_log'),"
+        " (SELECT max(id) FROM audit_log)").fetchone()
+    if seq is not None and seq > (last_id or 0):
+        end = last_id or 0
+        return msgspec.structs.replace(
+            result, ok=False, first_broken_id=end + 1,
+            reason=f"entries {end + 1}-{seq} are missing: the table's sequence says entry "
+            f"{seq} was written but the log ends at {end} (entries deleted from the end)")
+    if head is None and result.entries:
+        try:
+            created = publish_head(data_dir)
+        except OSError as exc:
+            return msgspec.structs.replace(
+                result, note=f"no signed head ({HEAD_FILE}) and it could not be created: "
+                f"{exc}")
+        if created is not None:
+            return msgspec.structs.replace(
+                result, head=created.entry_id,
+                note=f"no signed head was found (a data dir from before signed heads, or "
+                f"{HEAD_FILE} was removed): created it at entry {created.entry_id}; "
+                "deletions from the end before now are covered by checkpoints only")
+    return result
 
 
 async def verify(store: StateStore) -> VerifyResult:
     """Verify the chain of the server's state (reads run off the loop)."""
-    import asyncio
 
     def run() -> VerifyResult:
         conn = sqlite3.connect(f"file:{store.data_dir / 'state.db'}?mode=ro", uri=True)
@@ -392,8 +431,10 @@ async def verify(store: StateStore) -> VerifyResult:
     return await asyncio.to_thread(run)
 
 
-def export_lines(conn: sqlite3.Connection, data_dir: Path) -> Iterable[str]:
-    """JSON lines for offline verification: a header with the public key, entries, checkpoints."""
+def export_lines(conn: sqlite3.Connection, data_dir: Path) -> Iterator[str]:
+    """JSON lines for offline verification: a header with the public key, entries, checkpoints
+    and the signed head (ValueError before the first line when the head file is unreadable)."""
+    head = read_head(data_dir)
     yield json.dumps({"type": "header", "format": "foundry-appliance-audit/1",
                       "public_key": public_key_pem(data_dir)})
     for row in conn.execute(f"SELECT {_FIELDS} FROM audit_log ORDER BY id"):
@@ -401,13 +442,17 @@ def export_lines(conn: sqlite3.Connection, data_dir: Path) -> Iterable[str]:
                           "detail_json": row[7]})
     for cp in _checkpoints(conn.execute(_CP_SQL).fetchall()):
         yield json.dumps({"type": "checkpoint", **msgspec.to_builtins(cp)})
+    if head is not None:
+        yield json.dumps({"type": "head", **msgspec.to_builtins(head)})
 
 
-def verify_export(lines: Iterable[str]) -> VerifyResult:
-    """Verify an export file offline (the header's public key checks the checkpoints)."""
+def verify_export(lines: Iterable[str], *, saved_head: Head | None = None) -> VerifyResult:
+    """Verify an export file offline (the header's public key checks the checkpoints and the
+    head; ``saved_head`` as for ``verify_rows``)."""
     rows: list[tuple[Any, ...]] = []
     cps: list[Checkpoint] = []
     public: Ed25519PublicKey | None = None
+    head: Head | None = None
     for line in lines:
         if not line.strip():
             continue
@@ -422,4 +467,6 @@ def verify_export(lines: Iterable[str]) -> VerifyResult:
         elif item["type"] == "checkpoint":
             item.pop("type")
             cps.append(msgspec.convert(item, Checkpoint))
-    return verify_rows(rows, cps, public)
+        elif item["type"] == "head":
+            head = head_from_export(item)
+    return verify_rows(rows, cps, public, head=head, saved_head=saved_head)

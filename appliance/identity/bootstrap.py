@@ -1,4 +1,5 @@
-"""First start and every start: seal legacy audit rows, create the admin account."""
+"""First start and every start: seal legacy audit rows and publish the audit head, create the
+admin account."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sqlite3
 import sys
 
-from appliance.identity import audit, secrets, users
+from appliance.identity import audit, audit_head, secrets, users
 from appliance.settings import Settings
 from appliance.store.state import STATE_FILE, StateStore
 
@@ -30,6 +31,13 @@ def _seal(store: StateStore) -> int:
             raise
     finally:
         conn.close()
+    # the signed head: created for a data dir from before it, caught up after a crash between
+    # a commit and its head update (it never moves onto a log that disagrees with it)
+    try:
+        audit_head.publish_head(store.data_dir)
+    except (OSError, ValueError):
+        # serving goes on; `appliance audit verify` shows what is wrong with the trail
+        log.exception("could not update the signed audit head")
     return sealed
 
 

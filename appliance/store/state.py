@@ -3,14 +3,19 @@
 The server holds one aiosqlite connection; CLI commands open the same file with the
 synchronous ``open_sync`` while the server runs. A server notices commits made by other
 processes through ``PRAGMA data_version`` (see ``StateStore.changed``).
+
+Work that must follow a commit (the audit trail's signed head names only committed entries)
+registers with ``after_commit`` inside ``StateStore.transaction()`` or ``transaction_sync``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Hashable, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,48 @@ import aiosqlite
 
 STATE_FILE = "state.db"
 BUSY_TIMEOUT_MS = 10_000
+log = logging.getLogger(__name__)
+# blocking callbacks of the transaction open in this context, by key (run once each)
+_AFTER_COMMIT: ContextVar[dict[Hashable, Callable[[], object]] | None] = ContextVar(
+    "after_commit", default=None)
+
+
+def after_commit(key: Hashable, callback: Callable[[], object]) -> bool:
+    """Run blocking ``callback`` once the enclosing transaction commits (the first one
+    registered under ``key`` wins); False outside ``transaction()``/``transaction_sync``."""
+    pending = _AFTER_COMMIT.get()
+    if pending is None:
+        return False
+    pending.setdefault(key, callback)
+    return True
+
+
+def _run_after_commit(callbacks: Iterable[Callable[[], object]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            # the change is committed; a failed follow-up must not turn it into an error
+            log.exception("after-commit callback %r failed", callback)
+
+
+@contextmanager
+def transaction_sync(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` on an autocommit connection: commit on success, roll back on any
+    error; ``after_commit`` callbacks run after the commit."""
+    pending: dict[Hashable, Callable[[], object]] = {}
+    token = _AFTER_COMMIT.set(pending)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+    finally:
+        _AFTER_COMMIT.reset(token)
+    _run_after_commit(pending.values())
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -123,15 +170,23 @@ class StateStore:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on any error."""
-        async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
-            await self._conn.execute("COMMIT")
+        """A ``BEGIN IMMEDIATE`` transaction: commit on success, roll back on any error;
+        ``after_commit`` callbacks run in a thread after the commit."""
+        pending: dict[Hashable, Callable[[], object]] = {}
+        token = _AFTER_COMMIT.set(pending)
+        try:
+            async with self._write_lock:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._conn
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+                await self._conn.execute("COMMIT")
+        finally:
+            _AFTER_COMMIT.reset(token)
+        if pending:
+            await asyncio.to_thread(_run_after_commit, list(pending.values()))
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement in its own transaction; return the rows changed."""

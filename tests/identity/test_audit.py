@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 
-from appliance.identity import audit
-from appliance.store.state import open_sync
+from appliance.identity import audit, audit_head
+from appliance.identity.audit_head import HEAD_FILE, publish_head
+from appliance.store.state import open_sync, transaction_sync
 from tests.conftest import appliance_cmd
 from tests.identity.conftest import ADMIN_PASSWORD, services, sign_in
 
@@ -25,6 +27,20 @@ def _fill(data_dir: Path, n: int) -> None:
                      detail={"i": i, "password": "hunter2"}, source_address="127.0.0.1")
         conn.execute("COMMIT")
     conn.close()
+    # one head update for the lot (a writer's own transaction updates it after each commit)
+    publish_head(data_dir, since=0)
+
+
+def _sql(data_dir: Path, *statements: str) -> None:
+    conn = sqlite3.connect(data_dir / "state.db", isolation_level=None)
+    for statement in statements:
+        conn.execute(statement)
+    conn.close()
+
+
+def _head(data_dir: Path) -> dict[str, Any]:
+    head: dict[str, Any] = json.loads((data_dir / HEAD_FILE).read_text())
+    return head
 
 
 def _verify(data_dir: Path) -> audit.VerifyResult:
@@ -44,6 +60,7 @@ def test_intact_chain_with_checkpoints(tmp_path: Path) -> None:
     _fill(tmp_path, 205)
     result = _verify(tmp_path)
     assert result.ok and result.entries == 205 and result.checkpoints == 2
+    assert result.head == 205 and result.note == ""
     assert _cli_verify(tmp_path).returncode == 0
     # secrets never reach the trail
     conn = sqlite3.connect(tmp_path / "state.db")
@@ -104,6 +121,7 @@ def test_export_verifies_offline(tmp_path: Path) -> None:
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     lines = out.read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "head"
     entry = json.loads(lines[10])
     entry["target"] = "changed"
     lines[10] = json.dumps(entry)
@@ -124,6 +142,182 @@ def test_legacy_rows_are_sealed(tmp_path: Path) -> None:
     conn.close()
     result = _verify(tmp_path)
     assert result.ok and result.entries == 2
+
+
+# --- the signed head: deletions from the end after the last checkpoint -------------------------
+
+
+@pytest.mark.parametrize("deleted", [1, 10])
+def test_truncation_after_the_last_checkpoint_is_detected(tmp_path: Path, deleted: int) -> None:
+    _fill(tmp_path, 130)  # checkpoint at 100, entries 101-130 after it
+    assert _head(tmp_path)["entry_id"] == 130
+    end = 130 - deleted
+    # a careful attacker also puts the AUTOINCREMENT counter back; only the head can tell
+    _sql(tmp_path, f"DELETE FROM audit_log WHERE id > {end}",
+         f"UPDATE sqlite_sequence SET seq={end} WHERE name='audit_log'")
+    result = _verify(tmp_path)
+    assert not result.ok and result.first_broken_id == end + 1, result
+    missing = "entry 130" if deleted == 1 else f"entries {end + 1}-130"
+    assert f"{missing} missing" in result.reason and "signed head" in result.reason
+    cli = _cli_verify(tmp_path)
+    assert cli.returncode == 1 and f"entry {end + 1}" in cli.stderr, cli.stderr
+    # later writes do not hide it: the head never moves onto a log that disagrees with it
+    for _ in range(deleted + 3):
+        audit.write_sync(tmp_path, actor="cli:root", action="test.after", target="x")
+    assert _head(tmp_path)["entry_id"] == 130
+    result = _verify(tmp_path)
+    assert not result.ok and "differs from the signed head" in result.reason, result
+
+
+def test_older_head_put_back_needs_a_saved_copy(tmp_path: Path) -> None:
+    """The residual risk (docs/identity.md): truncation plus an older, validly signed head file
+    passes on the appliance alone; a copy of the head kept elsewhere shows it."""
+    _fill(tmp_path, 120)
+    attackers_copy = (tmp_path / HEAD_FILE).read_bytes()  # head at 120
+    for _ in range(10):
+        audit.write_sync(tmp_path, actor="cli:root", action="test.later", target="x")
+    auditors_copy = tmp_path.parent / f"{tmp_path.name}-saved-head.json"
+    auditors_copy.write_bytes((tmp_path / HEAD_FILE).read_bytes())  # head at 130
+    _sql(tmp_path, "DELETE FROM audit_log WHERE id > 120",
+         "UPDATE sqlite_sequence SET seq=120 WHERE name='audit_log'")
+    (tmp_path / HEAD_FILE).write_bytes(attackers_copy)
+    assert _verify(tmp_path).ok  # not detectable from the data dir alone
+    cli = subprocess.run(appliance_cmd("audit", "verify", "--data-dir", str(tmp_path),
+                                       "--saved-head", str(auditors_copy)),
+                         capture_output=True, text=True)
+    assert cli.returncode == 1, cli.stdout
+    assert "entry 121" in cli.stderr and "entries 121-130 missing" in cli.stderr
+
+
+
+def test_saved_head_shows_an_older_head_file_put_back(tmp_path: Path) -> None:
+    _fill(tmp_path, 30)
+    older = (tmp_path / HEAD_FILE).read_bytes()
+    audit.write_sync(tmp_path, actor="cli:root", action="test.later", target="x")
+    saved = audit_head.load_head(tmp_path / HEAD_FILE)  # at 31
+    conn = sqlite3.connect(tmp_path / "state.db")
+    try:
+        assert audit.verify_sync(conn, tmp_path, saved_head=saved).ok
+        (tmp_path / HEAD_FILE).write_bytes(older)  # every row is still there
+        result = audit.verify_sync(conn, tmp_path, saved_head=saved)
+    finally:
+        conn.close()
+    assert not result.ok and "an older head file was put back" in result.reason
+
+
+def test_plain_delete_from_the_end_shows_without_the_head(tmp_path: Path) -> None:
+    """The table's AUTOINCREMENT counter still remembers the deleted ids."""
+    _fill(tmp_path, 30)
+    (tmp_path / HEAD_FILE).unlink()
+    _sql(tmp_path, "DELETE FROM audit_log WHERE id > 25")
+    result = _verify(tmp_path)
+    assert not result.ok and result.first_broken_id == 26
+    assert "entries 26-30 are missing" in result.reason
+    assert not (tmp_path / HEAD_FILE).exists()  # a broken trail gets no new head
+
+
+@pytest.mark.parametrize("field,value", [
+    ("entry_hash", "0" * 64),
+    ("entry_id", 31),
+    ("since", 7),
+    ("signature", "AAAA"),
+])
+def test_forged_head_is_detected(tmp_path: Path, field: str, value: Any) -> None:
+    _fill(tmp_path, 30)
+    head = _head(tmp_path)
+    head[field] = value
+    (tmp_path / HEAD_FILE).write_text(json.dumps(head))
+    result = _verify(tmp_path)
+    assert not result.ok and "bad signature" in result.reason, result
+    assert _cli_verify(tmp_path).returncode == 1
+
+
+def test_checkpoint_signature_does_not_pass_as_a_head(tmp_path: Path) -> None:
+    """The head's signed message is domain-separated from a checkpoint's ``id:hash``."""
+    _fill(tmp_path, 105)
+    cp = sqlite3.connect(tmp_path / "state.db").execute(
+        "SELECT entry_id, entry_hash, signature FROM audit_checkpoints").fetchone()
+    head = _head(tmp_path)
+    head.update(entry_id=cp[0], entry_hash=cp[1], signature=cp[2])
+    (tmp_path / HEAD_FILE).write_text(json.dumps(head))
+    _sql(tmp_path, "DELETE FROM audit_log WHERE id > 100",
+         "UPDATE sqlite_sequence SET seq=100 WHERE name='audit_log'")
+    result = _verify(tmp_path)
+    assert not result.ok and "bad signature" in result.reason
+
+
+def test_head_from_another_key_or_unreadable_is_reported(tmp_path: Path) -> None:
+    _fill(tmp_path, 5)
+    other = tmp_path / "other"
+    _fill(other, 5)
+    (tmp_path / HEAD_FILE).write_bytes((other / HEAD_FILE).read_bytes())
+    result = _verify(tmp_path)
+    assert not result.ok and "not by this data dir's key" in result.reason
+    (tmp_path / HEAD_FILE).write_text("{not json")
+    result = _verify(tmp_path)
+    assert not result.ok and "unreadable" in result.reason
+
+
+def test_rolled_back_write_does_not_move_the_head(tmp_path: Path) -> None:
+    """The head follows commits only, so a failed change never looks like tampering."""
+    _fill(tmp_path, 3)
+    conn = open_sync(tmp_path)
+    with pytest.raises(RuntimeError), transaction_sync(conn):
+        audit.record(conn, actor="cli:root", action="test.change", target="t")
+        raise RuntimeError("the change fails after its audit entry")
+    conn.close()
+    assert _head(tmp_path)["entry_id"] == 3
+    result = _verify(tmp_path)
+    assert result.ok and result.head == 3 and result.note == ""
+
+
+def test_fresh_data_dir_verifies_clean(tmp_path: Path) -> None:
+    open_sync(tmp_path).close()
+    result = _verify(tmp_path)
+    assert result.ok and result.entries == 0 and result.head is None and result.note == ""
+    cli = _cli_verify(tmp_path)
+    assert cli.returncode == 0 and "note:" not in cli.stdout
+    audit.write_sync(tmp_path, actor="cli:root", action="test.first", target="x")
+    head = _head(tmp_path)
+    assert head["entry_id"] == 1 and head["since"] == 0  # covers the trail from its start
+    result = _verify(tmp_path)
+    assert result.ok and result.head == 1 and result.note == ""
+
+
+def test_upgraded_data_dir_gets_a_head_with_a_note(tmp_path: Path) -> None:
+    """A data dir written before signed heads: not tampered, and it gets one."""
+    _fill(tmp_path, 42)
+    (tmp_path / HEAD_FILE).unlink()
+    cli = _cli_verify(tmp_path)
+    assert cli.returncode == 0, cli.stderr
+    assert "note: no signed head was found" in cli.stdout
+    assert "created it at entry 42" in cli.stdout
+    head = _head(tmp_path)
+    assert head["entry_id"] == 42 and head["since"] == 42
+    result = _verify(tmp_path)
+    assert result.ok and result.head == 42 and "(re)created at entry 42" in result.note
+    # from here on, deleting from the end shows
+    audit.write_sync(tmp_path, actor="cli:root", action="test.after", target="x")
+    assert _head(tmp_path)["entry_id"] == 43
+    _sql(tmp_path, "DELETE FROM audit_log WHERE id = 43",
+         "UPDATE sqlite_sequence SET seq=42 WHERE name='audit_log'")
+    assert _cli_verify(tmp_path).returncode == 1
+
+
+def test_records_committed_by_hand_publish_the_head_at_exit(tmp_path: Path) -> None:
+    """A caller's own BEGIN/COMMIT (no after-commit hook) gets its head when the process ends."""
+    open_sync(tmp_path).close()
+    script = ("import sys\n"
+              "from pathlib import Path\n"
+              "from appliance.identity import audit\n"
+              "from appliance.store.state import open_sync\n"
+              "conn = open_sync(Path(sys.argv[1]))\n"
+              "conn.execute('BEGIN IMMEDIATE')\n"
+              "audit.record(conn, actor='cli:root', action='test.change', target='t')\n"
+              "conn.execute('COMMIT')\n")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+    head = _head(tmp_path)
+    assert head["entry_id"] == 1 and head["since"] == 0
 
 
 async def test_server_records_sign_ins_and_changes(app_client: TestClient[Any, Any]) -> None:
@@ -151,9 +345,28 @@ async def test_server_records_sign_ins_and_changes(app_client: TestClient[Any, A
     filtered = await (await admin.call("GET", "/api/audit?action=auth.&outcome=failure")).json()
     assert [e["action"] for e in filtered] == ["auth.login"]
     verify = await (await admin.call("GET", "/api/audit/verify")).json()
-    assert verify["ok"] is True
+    assert verify["ok"] is True and verify["head"] == verify["entries"]
+    assert verify["note"] == ""  # a fresh data dir: the head covers the trail from its start
     # tamper with the server's own trail
     store = services(app_client).store
     await store.execute("UPDATE audit_log SET actor='user:ghost' WHERE action='key.revoke'")
     verify = await (await admin.call("GET", "/api/audit/verify")).json()
     assert verify["ok"] is False and "edited" in verify["reason"]
+
+
+async def test_server_verify_reports_entries_deleted_from_the_end(
+        app_client: TestClient[Any, Any]) -> None:
+    admin = await sign_in(app_client, "admin", ADMIN_PASSWORD)
+    for name in ("a", "b", "c"):
+        resp = await admin.call("POST", "/api/keys", json={"name": name})
+        assert resp.status == 201, await resp.text()
+    verify = await (await admin.call("GET", "/api/audit/verify")).json()
+    assert verify["ok"] is True, verify
+    last = verify["entries"]
+    store = services(app_client).store
+    # hide the newest two changes, counter included; no checkpoint exists yet (< 100 entries)
+    await store.execute(f"DELETE FROM audit_log WHERE id > {last - 2}")
+    await store.execute(f"UPDATE sqlite_sequence SET seq={last - 2} WHERE name='audit_log'")
+    verify = await (await admin.call("GET", "/api/audit/verify")).json()
+    assert verify["ok"] is False and verify["first_broken_id"] == last - 1, verify
+    assert f"entries {last - 1}-{last} missing" in verify["reason"]

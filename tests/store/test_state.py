@@ -5,7 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store.state import StateStore, migrate, migrations, open_sync
+from appliance.store.state import (
+    StateStore,
+    after_commit,
+    migrate,
+    migrations,
+    open_sync,
+    transaction_sync,
+)
 
 
 def test_migrations_are_numbered_and_idempotent(tmp_path: Path) -> None:
@@ -24,6 +31,37 @@ async def test_transaction_rolls_back_on_error(tmp_path: Path) -> None:
             await conn.execute("INSERT INTO blobs VALUES ('sha256:x', 1, 0)")
             raise RuntimeError("fail midway")
     assert await store.fetchall("SELECT * FROM blobs") == []
+    await store.close()
+
+
+async def test_after_commit_runs_once_per_key_and_only_after_a_commit(tmp_path: Path) -> None:
+    store = await StateStore(tmp_path).open()
+    seen: list[str] = []
+
+    def look(label: str) -> None:  # runs after COMMIT: a new connection sees the row
+        conn = sqlite3.connect(tmp_path / "state.db")
+        seen.append(f"{label}:{conn.execute('SELECT count(*) FROM blobs').fetchone()[0]}")
+        conn.close()
+
+    assert not after_commit("k", lambda: look("outside"))
+    async with store.transaction() as conn:
+        await conn.execute("INSERT INTO blobs VALUES ('sha256:a', 1, 0)")
+        assert after_commit("k", lambda: look("first"))
+        assert after_commit("k", lambda: look("second"))  # same key: the first one wins
+    assert seen == ["first:1"]
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as conn:
+            after_commit("k", lambda: look("rolled-back"))
+            raise RuntimeError("fail")
+    sync = open_sync(tmp_path)
+    with transaction_sync(sync):
+        sync.execute("INSERT INTO blobs VALUES ('sha256:b', 1, 0)")
+        after_commit("k", lambda: look("sync"))
+    with pytest.raises(RuntimeError), transaction_sync(sync):
+        after_commit("k", lambda: look("sync-rolled-back"))
+        raise RuntimeError("fail")
+    sync.close()
+    assert seen == ["first:1", "sync:2"]
     await store.close()
 
 
