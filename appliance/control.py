@@ -17,9 +17,9 @@ import msgspec
 from aiohttp import web
 
 from appliance.bundle.importer import check_bundle_dir, import_bundle
+from appliance.bundle.jobs import audit_import
 from appliance.gateway import keys as keys_api
 from appliance.gateway import routing
-from appliance.identity import audit
 from appliance.identity.http import principal_of, source_address
 from appliance.kernel.errors import ApplianceError, BadRequest, NotFound
 from appliance.models.registry import list_models
@@ -263,12 +263,7 @@ class ControlApi:
         root = check_bundle_dir(Path(body.path))
         result = await asyncio.to_thread(import_bundle, self.s.data_dir, root,
                                          allow_unsigned=body.allow_unsigned)
-        if not result.already_imported:
-            await audit.write(self.s.store, actor=principal_of(request).name,
-                              action="bundle.import", target=result.bundle_id,
-                              detail={"name": result.name, "version": result.version,
-                                      "signed_by": result.signed_by, "path": body.path,
-                                      "models": result.models},
-                              source_address=source_address(request))
+        await audit_import(self.s.store, actor=principal_of(request).name, source=body.path,
+                           source_address=source_address(request), result=result)
         await self.s.reload()
         return json_response(result, status=201 if not result.already_imported else 200)

@@ -21,8 +21,10 @@ from aiohttp import web
 
 from appliance.bundle.jobs import ImportJobs
 from appliance.content.store import NoSpace
+from appliance.identity.http import principal_of, source_address
 from appliance.kernel.errors import BadRequest, NotFound
 from appliance.settings import Settings
+from appliance.store.state import StateStore
 
 UPLOAD_CHUNK = 1024 * 1024
 _encode = msgspec.json.Encoder().encode
@@ -31,6 +33,7 @@ _encode = msgspec.json.Encoder().encode
 class BundleServices(Protocol):
     settings: Settings
     data_dir: Path
+    store: StateStore
 
     async def reload(self) -> None: ...
 
@@ -82,7 +85,9 @@ class BundleViews:
             await asyncio.to_thread(partial.unlink, missing_ok=True)
             raise
         job = self.jobs.start(target, origin="upload", allow_unsigned=allow_unsigned,
-                              cleanup=target, source=source)
+                              cleanup=target, source=source,
+                              actor=principal_of(request).name,
+                              source_address=source_address(request))
         return _json({"id": job.id, "state": job.state, "bytes_received": received,
                       "status_url": f"/api/bundles/imports/{job.id}"}, status=202)
 
@@ -102,7 +107,8 @@ def add_routes(app: web.Application, services: BundleServices) -> ImportJobs:
     """Register the bundle upload and job routes, and the jobs' cleanup context."""
     jobs = ImportJobs(services.data_dir, on_imported=services.reload,
                       watch_dirs=services.settings.bundle.watch_dirs,
-                      watch_interval_s=services.settings.bundle.watch_interval_s)
+                      watch_interval_s=services.settings.bundle.watch_interval_s,
+                      store=services.store)
     views = BundleViews(jobs, services.data_dir)
     app.router.add_post("/api/bundles", views.upload)
     app.router.add_get("/api/bundles/imports", views.list_jobs)

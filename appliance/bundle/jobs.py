@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -23,8 +24,31 @@ from appliance.bundle.importer import ImportResult, import_bundle
 from appliance.kernel.errors import ApplianceError
 from appliance.kernel.tasks import TaskGroupOwner
 
+if TYPE_CHECKING:
+    from appliance.store.state import StateStore
+
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 100
+#: Who imports what a watch directory brings in.
+WATCH_ACTOR = "system:watch-dir"
+
+
+async def audit_import(store: StateStore, *, actor: str, source: str, source_address: str = "",
+                       result: ImportResult | None = None, error: str = "") -> None:
+    """One audit entry per import: ``bundle.import`` on success (unless nothing was new) and
+    on failure (outcome ``failure``, the bundle named by where it came from)."""
+    from appliance.identity import audit
+
+    if result is None:
+        await audit.write(store, actor=actor, action="bundle.import", target=source,
+                          detail={"source": source, "error": error},
+                          source_address=source_address, outcome="failure")
+    elif not result.already_imported:
+        await audit.write(store, actor=actor, action="bundle.import", target=result.bundle_id,
+                          detail={"name": result.name, "version": result.version,
+                                  "signed_by": result.signed_by, "source": source,
+                                  "models": result.models},
+                          source_address=source_address)
 
 
 class ImportJob(msgspec.Struct, kw_only=True):
@@ -48,8 +72,10 @@ class ImportJobs:
     """Owns the server's import jobs and the watch-directory poller."""
 
     def __init__(self, data_dir: Path, *, on_imported: Callable[[], Awaitable[None]],
-                 watch_dirs: list[str], watch_interval_s: float) -> None:
+                 watch_dirs: list[str], watch_interval_s: float,
+                 store: StateStore | None = None) -> None:
         self.data_dir = data_dir
+        self.store = store  # the audit trail's; None in tests that do not need one
         self.on_imported = on_imported
         self.watch_dirs = [Path(d).expanduser() for d in watch_dirs]
         self.watch_interval_s = watch_interval_s
@@ -59,10 +85,12 @@ class ImportJobs:
         self._handled: dict[Path, tuple[int, float]] = {}
 
     def start(self, path: Path, *, origin: str, allow_unsigned: bool = False,
-              cleanup: Path | None = None, source: str = "") -> ImportJob:
+              cleanup: Path | None = None, source: str = "", actor: str = WATCH_ACTOR,
+              source_address: str = "") -> ImportJob:
         """Start importing ``path`` in the background; return the job to poll.
 
-        ``source`` is what the job and the bundle are recorded as coming from (default: path).
+        ``source`` is what the job and the bundle are recorded as coming from (default: path);
+        ``actor`` and ``source_address`` go to the audit entry the outcome writes.
         """
         job = ImportJob(id="imp_" + uuid.uuid4().hex[:12], source=source or str(path),
                         origin=origin)
@@ -70,11 +98,12 @@ class ImportJobs:
         for old in list(self.jobs)[:-MAX_JOBS_KEPT]:
             if self.jobs[old].state in ("success", "error"):
                 del self.jobs[old]
-        self.tasks.spawn(self._run(job, path, allow_unsigned, cleanup), name=job.id)
+        self.tasks.spawn(self._run(job, path, allow_unsigned, cleanup, actor, source_address),
+                         name=job.id)
         return job
 
     async def _run(self, job: ImportJob, path: Path, allow_unsigned: bool,
-                   cleanup: Path | None) -> None:
+                   cleanup: Path | None, actor: str, source_address: str) -> None:
         job.state, job.started_at = "running", time.time()
         first: list[int] = []
 
@@ -110,6 +139,13 @@ class ImportJobs:
             job.finished_at = time.time()
             if cleanup is not None:
                 await asyncio.to_thread(cleanup.unlink, missing_ok=True)
+        if self.store is not None and job.state in ("success", "error"):
+            try:
+                await audit_import(self.store, actor=actor, source=job.source,
+                                   source_address=source_address, result=job.result,
+                                   error=job.error)
+            except Exception:  # the import stands; the missing entry is logged loudly
+                log.exception("could not audit bundle import %s", job.id)
 
     @staticmethod
     def _say(message: str, job: ImportJob, path: Path) -> str:

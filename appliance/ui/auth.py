@@ -47,6 +47,13 @@ class Operator(msgspec.Struct, frozen=True, kw_only=True):
     def is_admin(self) -> bool:
         return self.role == "admin"
 
+    @property
+    def actor(self) -> str:
+        """The name the audit trail knows this operator by (as the control API's principal)."""
+        if self.via == "session":
+            return f"user:{self.name}"
+        return f"key:{self.key_id}" if self.via == "api-key" else "anonymous"
+
 
 def csrf_token(session_value: str, secret: bytes) -> str:
     """The CSRF token bound to one session value; an attacker cannot read the cookie."""

@@ -27,6 +27,16 @@ async def _wait(client: Any, job_id: str) -> dict[str, Any]:
     raise AssertionError(f"import job {job_id} did not finish: {job}")
 
 
+async def _imports_audited(client: Any) -> list[dict[str, Any]]:
+    """The ``bundle.import`` audit entries, oldest first."""
+    for _ in range(50):  # written just after the job finishes
+        entries = await (await client.get("/api/audit?action=bundle.import")).json()
+        if entries:
+            return list(reversed(entries))
+        await asyncio.sleep(0.05)
+    return []
+
+
 async def test_streaming_upload_with_progress(appliance: AppFactory, make_bundle: MakeBundle,
                                               data_dir: Path, tmp_path: Path) -> None:
     client: Any = await appliance({"auth": {"required": False}})
@@ -53,6 +63,10 @@ async def test_streaming_upload_with_progress(appliance: AppFactory, make_bundle
     assert not list((data_dir / "uploads").iterdir())  # the upload is deleted afterwards
     listed = await (await client.get("/api/bundles/imports")).json()
     assert [j["id"] for j in listed] == [started["id"]]
+    [entry] = await _imports_audited(client)
+    assert entry["outcome"] == "success" and entry["target"] == job["result"]["bundle_id"]
+    assert entry["actor"] == "system"  # auth is off here
+    assert entry["detail"]["models"] == ["my-local-model"]
 
 
 async def test_upload_of_an_unsigned_bundle_fails_visibly(appliance: AppFactory,
@@ -64,6 +78,8 @@ async def test_upload_of_an_unsigned_bundle_fails_visibly(appliance: AppFactory,
     resp = await client.post("/api/bundles", data=tar.read_bytes())
     job = await _wait(client, (await resp.json())["id"])
     assert job["state"] == "error" and "not signed" in job["error"]
+    [entry] = await _imports_audited(client)
+    assert entry["outcome"] == "failure" and "not signed" in entry["detail"]["error"]
     assert (await client.get("/api/bundles/imports/imp_nope")).status == 404
     assert (await client.post("/api/bundles", data=b"")).status == 400
 
@@ -89,3 +105,5 @@ async def test_watch_directory_imports_a_stick_once_stable(
     assert len(jobs) == 1 and jobs[0]["origin"] == "watch"
     await asyncio.sleep(0.5)
     assert len(await (await client.get("/api/bundles/imports")).json()) == 1  # imported once
+    [entry] = await _imports_audited(client)
+    assert entry["actor"] == "system:watch-dir" and entry["outcome"] == "success"

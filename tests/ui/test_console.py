@@ -229,6 +229,16 @@ async def test_bundle_upload_through_the_door(appliance: AppFactory, tmp_path: P
     job = await _finished(user, (await resp.json())["status_url"])
     assert job["state"] == "error", job
     assert job["error"].startswith("upload:bad.tar is not an uncompressed tar archive"), job
+    # a path on the host, imported from the page with server-sent progress
+    other = _bundle_tar(tmp_path / "usb2", key, model_bytes=20000)
+    resp = await user.call("POST", "/ui/bundles/import", json={"path": str(other)})
+    assert resp.status == 200 and "event: done" in await resp.text()
+    # every import is in the audit trail, by who started it, successes and failures alike
+    entries = await (await user.call("GET", "/api/audit?action=bundle.import")).json()
+    got = sorted((e["actor"], e["outcome"], e["detail"]["source"]) for e in entries)
+    assert got == sorted([("user:admin", "failure", "upload:bad.tar"),
+                          ("user:admin", "success", "upload:site.tar"),
+                          ("user:admin", "success", str(other))]), got
 
 async def test_uploads_larger_than_max_body_bytes_stream(appliance: AppFactory, tmp_path: Path,
                                                          monkeypatch: Any) -> None:

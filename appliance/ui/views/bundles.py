@@ -7,6 +7,7 @@ browser streams the tar through the door to ``POST /api/bundles`` and polls the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import msgspec
 from aiohttp import web
 
 from appliance.bundle.importer import import_bundle
+from appliance.bundle.jobs import audit_import
 from appliance.kernel.errors import ApplianceError
 from appliance.ui.pages import CONSOLE, Page, PageRequest, can
 from appliance.ui.proxy import json_error, operator_for_call
@@ -80,11 +82,16 @@ async def import_stream(request: web.Request) -> web.StreamResponse:
                                         "eta_s": (total - done) / rate if rate else None})
         else:
             getter.cancel()
+    who = functools.partial(audit_import, services.store, actor=operator.actor,
+                            source=form.path, source_address=request.remote or "")
     try:
         result = job.result()
     except (ApplianceError, OSError, ValueError) as exc:
-        await send("failed", {"message": getattr(exc, "message", str(exc))})
+        message = getattr(exc, "message", str(exc))
+        await who(error=message)
+        await send("failed", {"message": message})
     else:
+        await who(result=result)
         await services.reload()
         await send("done", msgspec.to_builtins(result))
     await response.write_eof()
