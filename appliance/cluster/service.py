@@ -360,25 +360,26 @@ class HostService:
 
     async def _engine_token(self, host: str, model: str) -> str:
         """The bearer token of an engine host: kept (sealed) so re-runs stay idempotent."""
-        from appliance.cluster.secrets import ENGINE_TOKEN, seal, unseal
+        from appliance.cluster.secrets import (
+            ENGINE_TOKEN,
+            ENGINE_TOKEN_DIR,
+            seal,
+            unseal,
+            write_sealed_file,
+        )
 
         # the upstream's API key is this token (sealed by the gateway's routing table)
         for up in await routing.list_upstreams(self.store):
             if up.name == f"engine-{host}"[:63] and up.api_key:
                 return up.api_key
-        path = self.data_dir / "keys" / "engine-tokens" / f"{host}--{model}"
+        # a file per host and model, re-wrapped by `appliance secrets rotate-master`
+        path = self.data_dir / ENGINE_TOKEN_DIR / f"{host}--{model}"
         if await asyncio.to_thread(path.exists):
             return await unseal(self.data_dir, await asyncio.to_thread(path.read_text),
                                 purpose=ENGINE_TOKEN)
         token = secrets.token_urlsafe(32)
         sealed = await seal(self.data_dir, token, purpose=ENGINE_TOKEN)
-
-        def write() -> None:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_text(sealed)
-            path.chmod(0o600)
-
-        await asyncio.to_thread(write)
+        await asyncio.to_thread(write_sealed_file, path, sealed)
         return token
 
     async def wait_serving(self, base_url: str, token: str, model: str, *,

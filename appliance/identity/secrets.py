@@ -8,9 +8,12 @@ master key (KEK) and stored beside the ciphertext::
 The master key is, in order of preference: ``APPLIANCE_MASTER_KEY`` (base64 of 32 bytes),
 a key derived with scrypt from ``APPLIANCE_MASTER_PASSPHRASE`` (salt in ``master.salt``), or
 the key ring file ``master.key`` (mode 0600) in the data directory, created on first use. A
-copy of ``state.db`` without that key cannot be read. ``rotate_master`` re-wraps every DEK
-under a new master key in one transaction; the key ring holds both keys meanwhile, so a
-running server keeps decrypting throughout (it re-reads the ring on an unknown key id).
+copy of ``state.db`` without that key cannot be read. Secrets live in the database columns of
+``SECRET_COLUMNS`` and in the files of ``SECRET_FILES`` (one envelope per file: the engine
+hosts' tokens). ``rotate_master`` re-wraps every DEK of both under a new master key; the key
+ring holds both keys until all of them are re-wrapped and durable, so a running server keeps
+decrypting throughout (it re-reads the ring on an unknown key id) and a rotation cut short
+at any step leaves everything readable.
 """
 
 from __future__ import annotations
@@ -19,16 +22,21 @@ import asyncio
 import base64
 import hashlib
 import json
+import logging
 import os
+import shutil
 import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
+import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from appliance.kernel.errors import ApplianceError
+from appliance.store.state import transaction_sync
 
+log = logging.getLogger(__name__)
 PREFIX = "enc1."
 KEYRING_FILE = "master.key"
 SALT_FILE = "master.salt"
@@ -41,6 +49,14 @@ SECRET_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
     ("hosts", "name", "secret", "hosts.secret"),
     ("clusters", "name", "kubeconfig", "clusters.kubeconfig"),
 )
+ENGINE_TOKEN_DIR = "keys/engine-tokens"
+# Every directory whose files each hold one envelope: (directory under the data dir, purpose).
+SECRET_FILES: tuple[tuple[str, str], ...] = (
+    (ENGINE_TOKEN_DIR, "engine_hosts.token"),
+)
+# a rotation writes a directory's re-wrapped files into this sibling first (same file system,
+# so moving them over the old ones is one atomic rename each)
+STAGING_SUFFIX = ".rotating"
 
 
 class SecretError(ApplianceError):
@@ -62,7 +78,8 @@ def key_id(key: bytes) -> str:
     return hashlib.sha256(b"appliance-master:" + key).hexdigest()[:12]
 
 
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` atomically with a 0600 file: temp file, fsync, rename; blocking."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
@@ -70,6 +87,7 @@ def _write_private(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
 
 
 class Keyring:
@@ -96,7 +114,7 @@ class Keyring:
         if env.get(MASTER_PASSPHRASE_ENV):
             salt_path = data_dir / SALT_FILE
             if not salt_path.exists():
-                _write_private(salt_path, os.urandom(16))
+                write_private(salt_path, os.urandom(16))
             key = hashlib.scrypt(env[MASTER_PASSPHRASE_ENV].encode(),
                                  salt=salt_path.read_bytes(), n=2**15, r=8, p=1,
                                  maxmem=64 * 1024 * 1024, dklen=32)
@@ -118,7 +136,7 @@ class Keyring:
             raise SecretError("the master key comes from the environment; change it there")
         body = {"primary": self.primary, "keys": {k: _b64(v) for k, v in self.keys.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _write_private(self.path, json.dumps(body).encode())
+        write_private(self.path, json.dumps(body).encode())
 
     # --- envelopes ---
 
@@ -217,11 +235,97 @@ def seal_plaintext(conn: sqlite3.Connection, ring: Keyring) -> int:
     return changed
 
 
-def rotate_master(conn: sqlite3.Connection, data_dir: Path) -> tuple[str, str, int]:
+class Rotation(msgspec.Struct, kw_only=True, frozen=True):
+    """What ``rotate_master`` did."""
+
+    old_key: str
+    new_key: str
+    rewrapped: int  # secrets re-wrapped, rows and files together
+    files: int  # of which files (SECRET_FILES)
+    # files no key of the ring opens (damaged, or left under a key an older version dropped):
+    # left as they are, named relative to the data dir
+    unreadable_files: list[str] = []
+
+
+def _rewrap_columns(conn: sqlite3.Connection, ring: Keyring) -> int:
+    """Re-wrap every column secret not yet under the primary key; inside a transaction."""
+    changed = 0
+    for table, pk, column, purpose in SECRET_COLUMNS:
+        for row in conn.execute(f"SELECT {pk}, {column} FROM {table} WHERE {column} != ''"
+                                ).fetchall():
+            value = ring.rewrap(row[1], purpose)
+            if value != row[1]:
+                conn.execute(f"UPDATE {table} SET {column}=? WHERE {pk}=?", (value, row[0]))
+                changed += 1
+    return changed
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _stage_files(data_dir: Path, ring: Keyring) -> tuple[list[tuple[Path, Path]], list[str]]:
+    """Write each file secret not yet under the primary key, re-wrapped, into the staging
+    directory beside its own (0600, fsynced); the old files stay untouched.
+
+    Returns (staged file, file it replaces) pairs and the files no key of the ring opens.
+    """
+    staged: list[tuple[Path, Path]] = []
+    unreadable: list[str] = []
+    for rel, purpose in SECRET_FILES:
+        folder = data_dir / rel
+        staging = folder.with_name(folder.name + STAGING_SUFFIX)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a rotation cut short
+        if not folder.is_dir():
+            continue
+        for path in sorted(p for p in folder.iterdir() if p.is_file()):
+            if path.name.endswith(".tmp"):
+                continue  # a write in progress (write_private)
+            value = path.read_text()
+            try:
+                rewrapped = ring.rewrap(value, purpose)
+            except (SecretError, ValueError):
+                unreadable.append(str(path.relative_to(data_dir)))
+                continue
+            if rewrapped == value:
+                continue
+            staging.mkdir(mode=0o700, exist_ok=True)
+            write_private(staging / path.name, rewrapped.encode())
+            staged.append((staging / path.name, path))
+    return staged, unreadable
+
+
+def _swap_files(staged: list[tuple[Path, Path]]) -> None:
+    """Move staged files over the old ones (one atomic rename each), make the renames
+    durable and remove the staging directories."""
+    for new, old in staged:
+        os.replace(new, old)
+    for folder in {old.parent for _, old in staged}:
+        _fsync_dir(folder)
+    for staging in {new.parent for new, _ in staged}:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def rotate_master(conn: sqlite3.Connection, data_dir: Path) -> Rotation:
     """Make a new master key primary and re-wrap every DEK under it; drop the old key.
 
-    Returns (old key id, new key id, secrets re-wrapped). Each step leaves the data readable:
-    the ring holds both keys until every row is re-wrapped and committed.
+    The order keeps every secret readable if the rotation stops at any step (crash, error):
+
+    1. the ring gets the new key as primary *beside* the old one (saved, fsynced);
+    2. each secret file not under the new key is re-wrapped into a staging directory beside
+       its own (fsynced); the files in use are untouched;
+    3. the columns are re-wrapped and the audit entry recorded in one transaction;
+    4. the staged files are renamed over the old ones (atomic each), directories fsynced;
+    5. a sweep re-wraps what a running server sealed under the old ring meanwhile;
+    6. only then the ring drops every key but the new one.
+
+    Until step 6 the ring opens both old and new envelopes, so a mix left by a stop in
+    between is readable, and the next rotation finishes the job (a staging directory left
+    behind is discarded: its originals are still in place).
     """
     from appliance.identity import audit
 
@@ -235,22 +339,31 @@ def rotate_master(conn: sqlite3.Connection, data_dir: Path) -> tuple[str, str, i
     new = key_id(new_key)
     ring.keys[new] = new_key
     ring.primary = new
-    ring.save()  # both keys: anything wrapped by either still opens
-    count = 0
-    conn.execute("BEGIN IMMEDIATE")
+    ring.save()  # 1. both keys: anything wrapped by either still opens
+    staged, unreadable = _stage_files(data_dir, ring)  # 2.
     try:
-        for table, pk, column, purpose in SECRET_COLUMNS:
-            for row in conn.execute(f"SELECT {pk}, {column} FROM {table} WHERE {column} != ''"
-                                    ).fetchall():
-                conn.execute(f"UPDATE {table} SET {column}=? WHERE {pk}=?",
-                             (ring.rewrap(row[1], purpose), row[0]))
-                count += 1
-        audit.record(conn, actor=audit.cli_actor(), action="secrets.rotate_master",
-                     target="master.key", detail={"old": old, "new": new, "rewrapped": count})
-        conn.execute("COMMIT")
+        with transaction_sync(conn):  # 3.
+            count = _rewrap_columns(conn, ring)
+            audit.record(conn, actor=audit.cli_actor(), action="secrets.rotate_master",
+                         target="master.key",
+                         detail={"old": old, "new": new, "rewrapped": count + len(staged),
+                                 "files": len(staged), "unreadable_files": unreadable})
     except BaseException:
-        conn.execute("ROLLBACK")
+        # rolled back: the files in use were never touched, drop what was staged
+        for staging in {new_path.parent for new_path, _ in staged}:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    ring.keys = {new: new_key}
+    _swap_files(staged)  # 4.
+    # 5. a server that loaded the ring before step 1 may have sealed under the old key since
+    late_files, late_unreadable = _stage_files(data_dir, ring)
+    _swap_files(late_files)
+    with transaction_sync(conn):
+        late_rows = _rewrap_columns(conn, ring)
+    if late_files or late_rows:
+        log.warning("re-wrapped %d secrets sealed under the old master key during the rotation",
+                    len(late_files) + late_rows)
+    ring.keys = {new: new_key}  # 6.
     ring.save()
-    return old, new, count
+    files = len(staged) + len(late_files)
+    return Rotation(old_key=old, new_key=new, rewrapped=count + late_rows + files, files=files,
+                    unreadable_files=sorted(set(unreadable) | set(late_unreadable)))
