@@ -19,11 +19,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 import yaml
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import StrictUndefined, Template, TemplateError
+from jinja2.environment import TemplateExpression
 from jinja2.sandbox import SandboxedEnvironment
 
 from appliance.kernel.errors import BadRequest, NotFound
@@ -143,8 +144,17 @@ def list_playbooks(directory: Path | None = None) -> list[Playbook]:
     return [load_playbook(p.stem, directory) for p in sorted(directory.glob("*.yaml"))]
 
 
+_T = TypeVar("_T")
+
+
 class Renderer:
-    """Jinja2 in a sandbox with strict undefined: a typo in a playbook fails loudly."""
+    """Jinja2 in a sandbox with strict undefined: a typo in a playbook fails loudly.
+
+    Templates and expressions are compiled once per renderer, not once per use: compiling is
+    ~1-3 ms of CPU on the event loop, and a run renders the same ~20 strings on every host.
+    """
+
+    CACHE_SIZE = 1024
 
     def __init__(self, playbooks_dir: Path) -> None:
         self.dir = playbooks_dir
@@ -153,16 +163,28 @@ class Renderer:
         self.env.filters["shquote"] = _shquote
         self.env.filters["to_yaml"] = lambda v: yaml.safe_dump(v, sort_keys=False)
         self.env.filters["to_json"] = lambda v: msgspec.json.encode(v).decode()
+        self._templates: dict[str, Template] = {}
+        self._expressions: dict[str, TemplateExpression] = {}
 
     def text(self, template: str, ctx: dict[str, Any]) -> str:
         try:
-            return self.env.from_string(template).render(**ctx)
+            compiled = self._templates.get(template)
+            if compiled is None:
+                compiled = _remember(self._templates, template,
+                                     self.env.from_string(template), self.CACHE_SIZE)
+            return compiled.render(**ctx)
         except TemplateError as exc:
             raise PlaybookError(f"cannot render {template[:80]!r}: {exc}") from None
 
     def expr(self, expression: str, ctx: dict[str, Any]) -> Any:
         try:
-            return self.env.compile_expression(expression, undefined_to_none=False)(**ctx)
+            compiled = self._expressions.get(expression)
+            if compiled is None:
+                compiled = _remember(
+                    self._expressions, expression,
+                    self.env.compile_expression(expression, undefined_to_none=False),
+                    self.CACHE_SIZE)
+            return compiled(**ctx)
         except TemplateError as exc:
             raise PlaybookError(f"cannot evaluate {expression!r}: {exc}") from None
 
@@ -171,6 +193,13 @@ class Renderer:
         if not path.is_relative_to(self.dir.resolve()) or not path.is_file():
             raise PlaybookError(f"template {src!r} not found under {self.dir / 'templates'}")
         return self.text(path.read_text(), ctx)
+
+
+def _remember(cache: dict[str, _T], key: str, value: _T, limit: int) -> _T:
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]  # the oldest; playbooks are a few hundred strings
+    cache[key] = value
+    return value
 
 
 def _shquote(value: Any) -> str:

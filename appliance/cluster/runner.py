@@ -3,7 +3,8 @@
 An install is a job with a state machine (pending → running → success | failed | cancelled),
 a row in ``installs``, and a ``ProgressLog`` of per-host, per-step events. Each host is locked
 (``host_locks``, shared by every process on this data dir) for the length of its run, so two
-runs cannot collide on one host; the loser fails at once, naming the holder.
+runs cannot collide on one host; the loser fails at once, naming the holder. A run takes all
+its hosts' locks in one transaction; each host releases its own when done.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 import msgspec
 
 from appliance.cluster import inventory
-from appliance.cluster.events import ProgressEvent, ProgressLog, store_event
+from appliance.cluster.events import ProgressEvent, ProgressLog, store_events
 from appliance.cluster.facts import PARSERS, ParseContext, summarize
 from appliance.cluster.playbook import Playbook, PlaybookError, Renderer, Step
 from appliance.cluster.ssh import HostSession, HostTarget, SshError, SshPool, file_sha256
@@ -133,26 +134,46 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-async def acquire_host_lock(store: StateStore, host: str, install_id: str) -> None:
-    """Take the host's lock for ``install_id``; HostBusy when a live run holds it."""
+async def acquire_host_locks(store: StateStore, hosts: list[str],
+                             install_id: str) -> dict[str, HostBusy]:
+    """Take the locks of ``hosts`` for ``install_id`` in one transaction (one write for the
+    whole run, not one per host queued behind each other); the hosts a live run holds are
+    left out and returned, each with the error it fails with."""
+    busy: dict[str, HostBusy] = {}
     async with store.transaction() as conn:
-        cur = await conn.execute("SELECT install_id, pid FROM host_locks WHERE host=?", (host,))
-        held = await cur.fetchone()
-        if held is not None and held["install_id"] != install_id:
-            if _pid_alive(int(held["pid"])):
-                raise HostBusy(f"{host}: locked by install {held['install_id']} "
-                               f"(process {held['pid']}); wait for it to finish", param="hosts")
-            log.warning("%s: taking over a stale lock of install %s", host, held["install_id"])
-        await conn.execute(
+        cur = await conn.execute(
+            f"SELECT host, install_id, pid FROM host_locks WHERE host IN "
+            f"({','.join('?' * len(hosts))})", hosts)
+        held = {row["host"]: row for row in await cur.fetchall()}
+        free = []
+        for host in dict.fromkeys(hosts):
+            row = held.get(host)
+            if row is not None and row["install_id"] != install_id:
+                if _pid_alive(int(row["pid"])):
+                    busy[host] = HostBusy(f"{host}: locked by install {row['install_id']} "
+                                          f"(process {row['pid']}); wait for it to finish",
+                                          param="hosts")
+                    continue
+                log.warning("%s: taking over a stale lock of install %s", host,
+                            row["install_id"])
+            free.append(host)
+        now = time.time()
+        await conn.executemany(
             "INSERT INTO host_locks (host, install_id, pid, acquired_at) VALUES (?,?,?,?)"
             " ON CONFLICT(host) DO UPDATE SET install_id=excluded.install_id,"
             " pid=excluded.pid, acquired_at=excluded.acquired_at",
-            (host, install_id, os.getpid(), time.time()))
+            [(host, install_id, os.getpid(), now) for host in free])
+    return busy
 
 
 async def release_host_lock(store: StateStore, host: str, install_id: str) -> None:
     await store.execute("DELETE FROM host_locks WHERE host=? AND install_id=?",
                         (host, install_id))
+
+
+async def release_host_locks(store: StateStore, install_id: str) -> None:
+    """Every lock ``install_id`` still holds (a host cancelled before it started)."""
+    await store.execute("DELETE FROM host_locks WHERE install_id=?", (install_id,))
 
 
 # --- targets ----------------------------------------------------------------------------------
@@ -214,9 +235,10 @@ class PlaybookRunner:
         results: dict[str, HostResult] = {}
         status = "failed"
         try:
+            busy = await acquire_host_locks(self.store, hosts, install_id)
             done = await asyncio.gather(*(
                 self._run_host(book, h, install_id, {**variables, **(host_vars or {}).get(h, {})},
-                               dry_run, progress) for h in hosts))
+                               dry_run, progress, busy.get(h)) for h in hosts))
             results = {r.host: r for r in done}
             status = "success" if all(r.status == "success" for r in done) else "failed"
         except asyncio.CancelledError:
@@ -230,23 +252,29 @@ class PlaybookRunner:
                     + (f"; failed: {', '.join(failed)}" if failed else ""))
             with contextlib.suppress(Exception):
                 await progress.emit("done", f"{status}: {text}")
-            await asyncio.shield(finish_install(self.store, install_id, status, summary,
-                                                "" if status == "success" else text))
-            await progress.close()
+            try:
+                # every event stored before the install reads as finished: follow_stored
+                # (another process following this run) stops at the first final status
+                await progress.flush()
+            finally:
+                if status == "cancelled":  # a host cancelled before it began keeps its lock
+                    await asyncio.shield(release_host_locks(self.store, install_id))
+                await asyncio.shield(finish_install(self.store, install_id, status, summary,
+                                                    "" if status == "success" else text))
+                await progress.close()
         return install_id, results
 
-    async def _persist(self, stream: str, event: ProgressEvent) -> None:
-        await store_event(self.store, stream, event)
+    async def _persist(self, stream: str, events: list[ProgressEvent]) -> None:
+        await store_events(self.store, stream, events)
 
     async def _run_host(self, book: Playbook, name: str, install_id: str,
-                        variables: dict[str, Any], dry_run: bool,
-                        progress: ProgressLog) -> HostResult:
+                        variables: dict[str, Any], dry_run: bool, progress: ProgressLog,
+                        busy: HostBusy | None) -> HostResult:
+        """One host's steps, its lock (taken by ``run``) released at the end."""
         result = HostResult(host=name)
-        try:
-            await acquire_host_lock(self.store, name, install_id)
-        except HostBusy as exc:
-            result.status, result.error, result.error_code = "failed", exc.message, exc.code
-            await progress.emit("failed", exc.message, host=name)
+        if busy is not None:
+            result.status, result.error, result.error_code = "failed", busy.message, busy.code
+            await progress.emit("failed", busy.message, host=name)
             return result
         try:
             host = await inventory.get_host(self.store, name)

@@ -26,7 +26,7 @@ from appliance.cluster.events import (
     ProgressEvent,
     ProgressLog,
     follow_stored,
-    store_event,
+    store_events,
 )
 from appliance.cluster.inventory import Host, HostInput
 from appliance.cluster.playbook import Playbook, default_playbooks_dir, load_playbook
@@ -227,8 +227,8 @@ class HostService:
             await asyncio.sleep(0.01)
         return install_id
 
-    async def _persist(self, stream: str, event: ProgressEvent) -> None:
-        await store_event(self.store, stream, event)
+    async def _persist(self, stream: str, events: list[ProgressEvent]) -> None:
+        await store_events(self.store, stream, events)
 
     async def events(self, install_id: str) -> Any:
         """The install's events as an async iterator: live ones here, else from the store."""

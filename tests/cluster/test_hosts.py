@@ -118,6 +118,24 @@ async def test_preflight_and_detect_in_parallel(farm: HostFarm,
         assert catalog.get(f["accelerator"]["catalog_id"]).vendor == f["accelerator"]["vendor"]
 
 
+async def test_hostname_check_bounded_when_the_resolver_hangs(
+        farm: HostFarm, hosts_service: HostService) -> None:
+    # an air-gapped host whose DNS server never answers: the check warns, it does not wait
+    # out the resolver (glibc: 5 s x 2 tries per address family)
+    h = farm.create("h1")
+    h.put("/usr/local/bin/getent", "#!/bin/sh\nexec sleep 60\n", 0o755)
+    h.start()
+    await add(hosts_service, farm, h)
+    _, res = await hosts_service.run_playbook("preflight", ["h1"])
+    r = res["h1"]
+    assert r.status == "success", r.error
+    assert r.facts["preflight"]["hostname_resolves"] is False
+    gather = next(s for s in r.steps if s.step == "gather")
+    assert gather.duration_s < 30, gather  # `timeout 3`, not the sleep
+    check = next(s for s in r.steps if s.step == "hostname resolves")
+    assert check.status == "warn" and "does not resolve" in check.message
+
+
 async def test_unknown_then_changed_host_key_refused(farm: HostFarm, tmp_path: Path,
                                                      hosts_service: HostService) -> None:
     (host,) = farm.start("h1")
