@@ -191,24 +191,12 @@ def publish_head(data_dir: Path, *, since: int | None = None) -> Head | None:
         else:
             head = sign_head(key, kid, entry_id=last[0], entry_hash=last[1],
                              since=current.since, since_at=current.since_at)
-        _sync_database(db)
+        # every connection to state.db commits with synchronous=FULL (store.state), so what
+        # the head names is on disk already. Never open state.db's files here with os.open:
+        # closing such a descriptor drops this process's SQLite locks (POSIX advisory locks
+        # belong to the process), and another process then deletes the WAL under the server.
         write_head(data_dir, head)
         return head
-
-
-def _sync_database(db: Path) -> None:
-    """Make what is committed durable before a head names it: with ``synchronous=NORMAL`` a
-    WAL commit may be lost on power failure, and a head past the log would read as tampering
-    (fsync flushes the file's pages whichever connection wrote them)."""
-    for path in (db.with_name(db.name + "-wal"), db):
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            continue
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def publish_pending() -> None:

@@ -80,7 +80,9 @@ def migrations() -> list[tuple[int, str, str]]:
 
 def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    # FULL: a commit is on disk when it returns (the audit trail's signed head may name it
+    # next); state changes are rare, so the extra fsync per commit costs nothing that matters
+    conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
@@ -148,6 +150,7 @@ class StateStore:
         await asyncio.to_thread(lambda: open_sync(self.data_dir).close())
         conn = await aiosqlite.connect(self.data_dir / STATE_FILE, isolation_level=None)
         conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA synchronous=FULL")  # as _configure, for the audit head
         await conn.execute("PRAGMA foreign_keys=ON")
         await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         self._conn_ = conn

@@ -370,3 +370,30 @@ async def test_server_verify_reports_entries_deleted_from_the_end(
     verify = await (await admin.call("GET", "/api/audit/verify")).json()
     assert verify["ok"] is False and verify["first_broken_id"] == last - 1, verify
     assert f"entries {last - 1}-{last} missing" in verify["reason"]
+
+
+async def test_head_updates_leave_the_servers_sqlite_locks_alone(tmp_path: Path) -> None:
+    """A server that writes audit entries still sees commits made by CLI processes.
+
+    POSIX locks belong to the process: had the head writer opened and closed state.db's files
+    itself, the server would lose its SQLite locks and the next CLI process to close would
+    delete the WAL under it (the server then never sees another commit).
+    """
+    from appliance.store.state import StateStore
+
+    store = await StateStore(tmp_path).open()
+    try:
+        await audit.write(store, actor="user:a", action="test.server", target="t")
+        assert (tmp_path / HEAD_FILE).exists()
+        await store.changed()  # the baseline
+        code = ("import sys; from pathlib import Path; from appliance.identity import audit; "
+                "audit.write_sync(Path(sys.argv[1]), actor='cli:t', action='test.cli', "
+                "target='t')")
+        subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+        assert (tmp_path / "state.db-wal").exists()
+        assert await store.changed()
+        rows = await store.fetchall("SELECT action FROM audit_log ORDER BY id")
+        assert [r["action"] for r in rows] == ["test.server", "test.cli"]
+        assert audit_head.read_head(tmp_path).entry_id == 2  # type: ignore[union-attr]
+    finally:
+        await store.close()
