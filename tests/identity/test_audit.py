@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -389,7 +390,8 @@ async def test_head_updates_leave_the_servers_sqlite_locks_alone(tmp_path: Path)
         code = ("import sys; from pathlib import Path; from appliance.identity import audit; "
                 "audit.write_sync(Path(sys.argv[1]), actor='cli:t', action='test.cli', "
                 "target='t')")
-        subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=60)
+        await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code, str(tmp_path)],
+                                check=True, timeout=60)
         assert (tmp_path / "state.db-wal").exists()
         assert await store.changed()
         rows = await store.fetchall("SELECT action FROM audit_log ORDER BY id")
