@@ -1,9 +1,11 @@
-"""Regressor method: XGBoost learns log(measured / heuristic) from shape, hardware and load.
+"""Regressor method: XGBoost learns log(measured / heuristic) from shape, layout and load.
 
-The features are physical quantities (bandwidth, peak FLOPS, bytes per step, batch, lengths)
+The shared correction's features are GPU-agnostic quantities (the heuristic's times and
+prefill share, batch, lengths, TP/PP, active parameters, KV/weight bytes, engine family)
 rather than GPU or model names, so a GPU or model the training data never saw still gets a
-sensible correction. Two boosters ship as a versioned artefact in ``data/``: one for the
-batch's end-to-end time and one for its time to first token.
+sensible correction; what belongs to one measured GPU type is a per-GPU offset. Two boosters
+ship as a versioned artefact in ``data/``: one for the batch's end-to-end time and one for
+its time to first token (a site may replace it with its own: ``calibration``).
 """
 
 from __future__ import annotations
