@@ -146,7 +146,7 @@ class LdapAuthenticator:
     async def login(self, sessions: SessionManager, username: str, password: str, *,
                     source_address: str, user_agent: str = "") -> NewSession:
         """Sign a directory user in: authenticate, map the role, open a session."""
-        sessions.throttle.check(source_address)
+        await sessions.throttle.check(source_address)
         try:
             found = await asyncio.to_thread(self.authenticate, username, password)
         except DirectoryError as exc:

@@ -221,7 +221,7 @@ class OidcClient:
     async def finish(self, request: web.Request, sessions: SessionManager) -> NewSession:
         """Check state, redeem the code, verify the ID token, sign the user in."""
         address = request.remote or ""
-        sessions.throttle.check(address)
+        await sessions.throttle.check(address)
         flow = self._flows.pop(request.cookies.get(FLOW_COOKIE, ""), None)
         q = request.query
         try:

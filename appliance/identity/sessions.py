@@ -13,10 +13,10 @@ import hmac
 import logging
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import aiosqlite
 import msgspec
 
 from appliance.identity import audit
@@ -55,36 +55,43 @@ def token_hash(token: str) -> str:
 
 
 class AddressThrottle:
-    """Failed sign-ins per source address in a sliding window, in memory."""
+    """Failed sign-ins per source address in a sliding window, kept in ``login_failures`` so a
+    restart or a second process on the same data directory sees them too.
 
-    def __init__(self, *, limit: int, window_s: float, now: Callable[[], float]) -> None:
+    A failure costs one insert inside the transaction that audits it; a success deletes the
+    address's rows inside the transaction that opens the session; checking is one read.
+    """
+
+    def __init__(self, store: StateStore, *, limit: int, window_s: float,
+                 now: Callable[[], float]) -> None:
+        self._store = store
         self._limit = limit
         self._window = window_s
         self._now = now
-        self._failures: dict[str, deque[float]] = {}
 
-    def _recent(self, address: str) -> deque[float]:
-        q = self._failures.setdefault(address, deque())
-        cutoff = self._now() - self._window
-        while q and q[0] < cutoff:
-            q.popleft()
-        return q
-
-    def check(self, address: str) -> None:
+    async def check(self, address: str) -> None:
         """Raise RateLimited while the address has too many recent failures."""
-        q = self._recent(address)
-        if len(q) >= self._limit:
-            wait = q[0] + self._window - self._now()
+        now = self._now()
+        row = await self._store.fetchone(
+            "SELECT count(*), min(failed_at) FROM login_failures"
+            " WHERE address=? AND failed_at >= ?", (address, now - self._window))
+        count, oldest = (row[0], row[1]) if row is not None else (0, None)
+        if count >= self._limit:
+            wait = (oldest if oldest is not None else now) + self._window - now
             raise RateLimited(f"too many failed sign-ins from {address}; try again in "
                               f"{wait:.0f} s", retry_after=wait, code="too_many_sign_ins")
 
-    def failed(self, address: str) -> None:
-        self._recent(address).append(self._now())
-        if len(self._failures) > 100_000:  # bound memory under a spray of addresses
-            self._failures.clear()
+    async def failed(self, conn: aiosqlite.Connection, address: str) -> None:
+        """Record a failure inside the caller's transaction; expire rows past the window."""
+        now = self._now()
+        await conn.execute("DELETE FROM login_failures WHERE failed_at < ?",
+                           (now - self._window,))
+        await conn.execute("INSERT INTO login_failures (address, failed_at) VALUES (?, ?)",
+                           (address, now))
 
-    def succeeded(self, address: str) -> None:
-        self._failures.pop(address, None)
+    async def succeeded(self, conn: aiosqlite.Connection, address: str) -> None:
+        """Forget the address's failures, inside the caller's transaction."""
+        await conn.execute("DELETE FROM login_failures WHERE address=?", (address,))
 
 
 class SessionManager:
@@ -95,14 +102,14 @@ class SessionManager:
         self.store = store
         self.settings = settings
         self.now = now
-        self.throttle = AddressThrottle(limit=settings.address_failures,
+        self.throttle = AddressThrottle(store, limit=settings.address_failures,
                                         window_s=settings.address_window_s, now=now)
 
     async def record_failure(self, username: str, address: str, reason: str,
                     user: User | None = None) -> Unauthorized:
-        self.throttle.failed(address)
         now = self.now()
         async with self.store.transaction() as conn:
+            await self.throttle.failed(conn, address)
             if user is not None:
                 await conn.execute(
                     "UPDATE users SET failed_logins = failed_logins + 1,"
@@ -121,7 +128,7 @@ class SessionManager:
     async def login_password(self, username: str, password: str, *,
                              source_address: str, user_agent: str = "") -> NewSession:
         """Check a local account's password and open a session."""
-        self.throttle.check(source_address)
+        await self.throttle.check(source_address)
         user = await find_user(self.store, username) if len(username) <= 64 else None
         encoded = await password_hash_of(self.store, user.id) if user else ""
         ok = await asyncio.to_thread(verify_password, password, encoded or dummy_hash())
@@ -144,7 +151,6 @@ class SessionManager:
         """Open a session for an authenticated user (any sign-in method) and audit it."""
         if user.disabled:
             raise Unauthorized("the account is disabled", code="invalid_credentials")
-        self.throttle.succeeded(source_address)
         token = secrets.token_urlsafe(32)
         now = self.now()
         session = Session(token_hash=token_hash(token), user_id=user.id,
@@ -152,6 +158,7 @@ class SessionManager:
                           last_seen_at=now, expires_at=now + self.settings.session_absolute_s,
                           source_address=source_address)
         async with self.store.transaction() as conn:
+            await self.throttle.succeeded(conn, source_address)
             await conn.execute(
                 "INSERT INTO sessions (token_hash, user_id, csrf_token, created_at,"
                 " last_seen_at, expires_at, source_address, user_agent)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -60,6 +61,53 @@ async def test_source_address_throttle(appliance: Any, monkeypatch: Any) -> None
                              json={"username": "admin", "password": ADMIN_PASSWORD})
     assert resp.status == 429
     assert (await resp.json())["error"]["code"] == "too_many_sign_ins"
+
+
+async def test_source_address_throttle_survives_a_restart(appliance: Any,
+                                                         monkeypatch: Any) -> None:
+    monkeypatch.setenv("APPLIANCE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+    config = {"identity": {"address_failures": 3, "lockout_failures": 100}}
+    first = await appliance(config)
+    for i in range(3):
+        resp = await first.post("/api/auth/login",
+                                json={"username": f"nobody{i}", "password": "x"})
+        assert resp.status == 401
+    refused = await first.post("/api/auth/login",
+                               json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert refused.status == 429
+    before = await refused.json()
+    await first.close()
+
+    second = await appliance(config)  # the same data directory, a new process state
+    resp = await second.post("/api/auth/login",
+                             json={"username": "admin", "password": ADMIN_PASSWORD})
+    assert resp.status == 429
+    after = await resp.json()
+    assert after["error"]["code"] == before["error"]["code"] == "too_many_sign_ins"
+    # /api answers carry the wait in the message (only /v1 answers send Retry-After)
+    waits = [int(re.fullmatch(r"too many failed sign-ins from \S+; try again in (\d+) s",
+                              body["error"]["message"])[1])  # type: ignore[index]
+             for body in (before, after)]
+    assert 290 <= waits[1] <= waits[0] <= 300
+
+
+async def test_throttle_rows_expire_and_success_clears_them(
+        app_client: TestClient[Any, Any]) -> None:
+    sessions = services(app_client).identity.sessions
+    store = services(app_client).store
+    start = time.time()
+    sessions.throttle._now = lambda: start - 10_000  # failures long past the window
+    for i in range(2):
+        resp = await app_client.post("/api/auth/login",
+                                     json={"username": f"nobody{i}", "password": "x"})
+        assert resp.status == 401
+    sessions.throttle._now = time.time
+    resp = await app_client.post("/api/auth/login", json={"username": "x", "password": "x"})
+    assert resp.status == 401
+    rows = await store.fetchall("SELECT failed_at FROM login_failures")
+    assert len(rows) == 1 and rows[0][0] >= start  # the old ones went with this write
+    await sign_in(app_client, "admin", ADMIN_PASSWORD)
+    assert await store.fetchall("SELECT * FROM login_failures") == []
 
 
 async def test_expired_session_idle_and_absolute(app_client: TestClient[Any, Any]) -> None:
