@@ -13,7 +13,8 @@ from appliance.bundle.importer import import_bundle
 from appliance.bundle.recipe import load_recipe
 from appliance.kernel.errors import BadRequest
 from appliance.store.state import open_sync
-from tests.bundle.conftest import MakeBundle, make_docker_archive, make_oci_layout
+from tests.bundle.conftest import MakeBundle
+from tests.oci import make_docker_archive, make_oci_layout
 
 
 def _tags(data: Path) -> dict[str, str]:

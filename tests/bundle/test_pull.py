@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shutil
 import subprocess
@@ -20,45 +19,9 @@ from appliance.bundle.importer import import_bundle
 from appliance.bundle.pull import parse_reference
 from appliance.bundle.recipe import load_recipe
 from appliance.kernel.errors import BadRequest
-from tests.bundle.conftest import _layer_tar, make_oci_layout, skopeo_push
+from tests.bundle.conftest import skopeo_push
 from tests.conftest import AppFactory, start_app
-
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-
-
-def _sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def make_index_layout(root: Path, tag: str = "multi") -> None:
-    """An OCI layout whose ``tag`` is an index of a linux/amd64 and a linux/arm64 image."""
-    blobs = root / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    children = []
-    for arch in ("amd64", "arm64"):
-        layer = _layer_tar({"hello.txt": f"hello from {arch}\n".encode()})
-        config = json.dumps({"architecture": arch, "os": "linux",
-                             "rootfs": {"type": "layers", "diff_ids": [_sha(layer)]}}).encode()
-        manifest = json.dumps({
-            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
-                       "digest": _sha(config), "size": len(config)},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": _sha(layer), "size": len(layer)}]}).encode()
-        for data in (layer, config, manifest):
-            (blobs / _sha(data)[7:]).write_bytes(data)
-        children.append({"mediaType": OCI_MANIFEST, "digest": _sha(manifest),
-                         "size": len(manifest), "platform": {"os": "linux",
-                                                             "architecture": arch}})
-    index = json.dumps({"schemaVersion": 2,
-                        "mediaType": "application/vnd.oci.image.index.v1+json",
-                        "manifests": children}).encode()
-    (blobs / _sha(index)[7:]).write_bytes(index)
-    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
-    (root / "index.json").write_text(json.dumps({
-        "schemaVersion": 2, "manifests": [{
-            "mediaType": "application/vnd.oci.image.index.v1+json", "digest": _sha(index),
-            "size": len(index), "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+from tests.oci import make_index_layout, make_oci_layout, sha256_digest
 
 
 def _skopeo(*args: str) -> str:
@@ -175,20 +138,21 @@ async def test_registry_source_to_appliance(source_registry: str, proxy: Proxy,
         # through the token-auth front; the index keeps its digest, only amd64 is carried
         (f"registry:{proxy.address}/test/multi:1", "site/multi:1"),
         # straight from docker-registry, by digest
-        (f"registry:{source_registry}/test/single@{_sha(single_raw)}", "site/single:2"))
+        (f"registry:{source_registry}/test/single@{sha256_digest(single_raw)}", "site/single:2"))
     bundle = tmp_path / "usb" / "bundle"
     manifest = await asyncio.to_thread(create_bundle, load_recipe(recipe), bundle,
                                        sign_key=signing_key)
     assert "downloading image" in capfd.readouterr().err
     assert proxy.tokens >= 1
     images = {c.name: c.manifest for c in manifest.contents}
-    assert images == {"site/multi": _sha(index_raw), "site/single": _sha(single_raw)}
+    assert images == {"site/multi": sha256_digest(index_raw),
+                      "site/single": sha256_digest(single_raw)}
     blobs = bundle / "blobs" / "sha256"
     assert (blobs / amd64["digest"][7:]).is_file()
     assert not (blobs / arm64["digest"][7:]).exists()
     entries = json.loads((bundle / "index.json").read_text())["manifests"]
     multi = next(e for e in entries if e["annotations"]["dev.foundry.kind"] == "image"
-                 and e["digest"] == _sha(index_raw))
+                 and e["digest"] == sha256_digest(index_raw))
     assert multi["annotations"]["dev.foundry.platform"] == "linux/amd64"
     result = await asyncio.to_thread(import_bundle, data_dir, bundle)
     assert sorted(result.images) == ["site/multi:1", "site/single:2"]
@@ -198,7 +162,7 @@ async def test_registry_source_to_appliance(source_registry: str, proxy: Proxy,
     for ref, raw in (("site/multi:1", index_raw), ("site/single:2", single_raw)):
         info = json.loads(await asyncio.to_thread(
             _skopeo, "inspect", "--tls-verify=false", f"docker://{ours}/{ref}"))
-        assert info["Digest"] == _sha(raw)
+        assert info["Digest"] == sha256_digest(raw)
         assert await asyncio.to_thread(_raw, ours, ref) == raw  # served verbatim
     info = json.loads(await asyncio.to_thread(
         _skopeo, "inspect", "--tls-verify=false", f"docker://{ours}/site/multi:1"))

@@ -10,8 +10,8 @@ import pytest
 from appliance.bundle.create import create_bundle
 from appliance.bundle.importer import import_bundle
 from appliance.bundle.recipe import load_recipe
-from tests.bundle.conftest import make_oci_layout
 from tests.conftest import AppFactory
+from tests.oci import make_index_layout, make_oci_layout
 
 IMAGE = "library/busybox-test"
 
@@ -53,8 +53,6 @@ def scoped_images(tmp_path: Path) -> dict[str, Any]:
     The first holds ``site/alpha:1``, ``site/beta:1`` (different layers) and ``site/multi:1``
     (an index of a linux/amd64 and a linux/arm64 image); the second ``site/alpha:2``.
     """
-    from tests.bundle.test_pull import make_index_layout
-
     srv = tmp_path / "srv"
     digests = {name: make_oci_layout(srv / name, name, f"hello from {name}\n".encode())
                for name in ("alpha1", "alpha2", "beta")}

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.bundle.conftest import make_oci_layout
 from tests.conftest import appliance_cmd, create_key, spawn_server
 from tests.content.test_registry_clients import _containerd, _run, _tool
+from tests.oci import make_oci_layout
 
 CHAT = "smollm2-135m-instruct"
 EMBED = "all-minilm-l6-v2"
