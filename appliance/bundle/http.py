@@ -92,12 +92,13 @@ class BundleViews:
                       "status_url": f"/api/bundles/imports/{job.id}"}, status=202)
 
     async def list_jobs(self, request: web.Request) -> web.Response:
-        """Import jobs of this server run (uploads, watch directories), newest last."""
-        return _json(list(self.jobs.jobs.values()))
+        """The newest 100 import jobs (uploads, watch directories), earlier runs' too, newest
+        last."""
+        return _json(await self.jobs.list_jobs())
 
     async def job(self, request: web.Request) -> web.Response:
         """One import job: state, bytes done and total, percent, rate, ETA, result or error."""
-        job = self.jobs.jobs.get(request.match_info["id"])
+        job = await self.jobs.get(request.match_info["id"])
         if job is None:
             raise NotFound(f"no import job {request.match_info['id']!r}")
         return _json(job)

@@ -1,7 +1,9 @@
 """Imports run by the server: jobs with live progress, uploads, and USB watch directories.
 
 A job is a small state machine (pending → running → success | error) with bytes done and
-total, rate and ETA, readable while it runs (``GET /api/bundles/imports/{id}``). The watcher
+total, rate and ETA, readable while it runs (``GET /api/bundles/imports/{id}``). Jobs are kept
+in ``import_jobs`` (a row when one starts, updated when it ends), so the history outlives a
+restart and an import the server stopped in the middle of shows as interrupted. The watcher
 polls the configured directories (``bundle.watch_dirs``, e.g. ``/media``) and imports a bundle
 once its ``bundle.json`` (or a ``.tar``) has stopped changing between two polls; such imports
 need a signature by a trusted key.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +32,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MAX_JOBS_KEPT = 100
+INTERRUPTED = "interrupted by a restart; import it again (imports resume)"
+_JOB_COLUMNS = ("id, source, origin, state, bytes_done, bytes_total, started_at, finished_at,"
+                " result, error, error_code")
+_encode_result = msgspec.json.Encoder().encode
+_decode_result = msgspec.json.Decoder(ImportResult).decode
 #: Who imports what a watch directory brings in.
 WATCH_ACTOR = "system:watch-dir"
 
@@ -79,7 +87,7 @@ class ImportJobs:
         self.on_imported = on_imported
         self.watch_dirs = [Path(d).expanduser() for d in watch_dirs]
         self.watch_interval_s = watch_interval_s
-        self.jobs: dict[str, ImportJob] = {}
+        self.jobs: dict[str, ImportJob] = {}  # this run's, live while they run
         self.tasks = TaskGroupOwner("bundle-imports")
         self._seen: dict[Path, tuple[int, float]] = {}
         self._handled: dict[Path, tuple[int, float]] = {}
@@ -105,6 +113,7 @@ class ImportJobs:
     async def _run(self, job: ImportJob, path: Path, allow_unsigned: bool,
                    cleanup: Path | None, actor: str, source_address: str) -> None:
         job.state, job.started_at = "running", time.time()
+        await self._save(job, new=True)
         first: list[int] = []
 
         def progress(done: int, total: int) -> None:
@@ -139,6 +148,7 @@ class ImportJobs:
             job.finished_at = time.time()
             if cleanup is not None:
                 await asyncio.to_thread(cleanup.unlink, missing_ok=True)
+        await self._save(job, new=False)
         if self.store is not None and job.state in ("success", "error"):
             try:
                 await audit_import(self.store, actor=actor, source=job.source,
@@ -146,6 +156,91 @@ class ImportJobs:
                                    error=job.error)
             except Exception:  # the import stands; the missing entry is logged loudly
                 log.exception("could not audit bundle import %s", job.id)
+
+    async def _save(self, job: ImportJob, *, new: bool) -> None:
+        """Write the job's row when it starts (``new``) or ends; a failed write is logged,
+        the import goes on."""
+        if self.store is None:
+            return
+        result = _encode_result(job.result).decode() if job.result is not None else None
+        try:
+            async with self.store.transaction() as conn:
+                if new:
+                    await conn.execute(
+                        f"INSERT OR REPLACE INTO import_jobs ({_JOB_COLUMNS})"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                        (job.id, job.source, job.origin, job.state, job.bytes_done,
+                         job.bytes_total, job.started_at, job.finished_at, result, job.error,
+                         job.error_code))
+                    return
+                await conn.execute(
+                    "UPDATE import_jobs SET state=?, bytes_done=?, bytes_total=?,"
+                    " finished_at=?, result=?, error=?, error_code=? WHERE id=?",
+                    (job.state, job.bytes_done, job.bytes_total, job.finished_at, result,
+                     job.error, job.error_code, job.id))
+                await conn.execute(
+                    "DELETE FROM import_jobs WHERE state IN ('success', 'error') AND rowid NOT IN"
+                    " (SELECT rowid FROM import_jobs ORDER BY rowid DESC LIMIT ?)",
+                    (MAX_JOBS_KEPT,))
+        except Exception:
+            log.exception("could not record bundle import %s in the state database", job.id)
+
+    @staticmethod
+    def _from_row(row: sqlite3.Row) -> ImportJob:
+        result = None
+        if row["result"]:
+            try:
+                result = _decode_result(row["result"])
+            except msgspec.DecodeError:  # written by another version: the job still lists
+                log.warning("bundle import %s: unreadable stored result", row["id"])
+        success = row["state"] == "success"
+        return ImportJob(id=row["id"], source=row["source"], origin=row["origin"],
+                         state=row["state"], bytes_done=row["bytes_done"],
+                         bytes_total=row["bytes_total"],
+                         percent=100.0 if success else (
+                             round(100.0 * row["bytes_done"] / row["bytes_total"], 1)
+                             if row["bytes_total"] else 0.0),
+                         eta_s=0.0 if success else None,
+                         started_at=row["started_at"], finished_at=row["finished_at"],
+                         result=result,
+                         error=row["error"], error_code=row["error_code"])
+
+    async def list_jobs(self) -> list[ImportJob]:
+        """The newest jobs, stored and live (live ones with their progress), newest last."""
+        if self.store is None:
+            return list(self.jobs.values())
+        rows = await self.store.fetchall(
+            f"SELECT {_JOB_COLUMNS} FROM import_jobs ORDER BY rowid DESC LIMIT ?",
+            (MAX_JOBS_KEPT,))
+        listed = [self.jobs.get(row["id"]) or self._from_row(row) for row in reversed(rows)]
+        stored = {row["id"] for row in rows}
+        listed += [job for job in self.jobs.values() if job.id not in stored]  # not yet written
+        return listed[-MAX_JOBS_KEPT:]
+
+    async def get(self, job_id: str) -> ImportJob | None:
+        """One job, live or stored; None when unknown."""
+        live = self.jobs.get(job_id)
+        if live is not None or self.store is None:
+            return live
+        row = await self.store.fetchone(
+            f"SELECT {_JOB_COLUMNS} FROM import_jobs WHERE id=?", (job_id,))
+        return self._from_row(row) if row is not None else None
+
+    async def mark_interrupted(self) -> int:
+        """Mark stored jobs that are 'running' but not running here as failed; return how many."""
+        if self.store is None:
+            return 0
+        live = [job.id for job in self.jobs.values() if job.state in ("pending", "running")]
+        marks = ",".join("?" * len(live))
+        changed = await self.store.execute(
+            "UPDATE import_jobs SET state='error', error=?, error_code='interrupted',"
+            " finished_at=? WHERE state IN ('pending', 'running')"
+            + (f" AND id NOT IN ({marks})" if live else ""),
+            (INTERRUPTED, time.time(), *live))
+        if changed:
+            log.warning("%d bundle import(s) were stopped by the last shutdown; they are "
+                        "marked interrupted", changed)
+        return changed
 
     @staticmethod
     def _say(message: str, job: ImportJob, path: Path) -> str:
@@ -203,7 +298,10 @@ class ImportJobs:
             await asyncio.sleep(self.watch_interval_s)
 
     async def ctx(self, app: web.Application) -> AsyncIterator[None]:
-        """cleanup_ctx: run the watcher; on shutdown cancel it and any running import."""
+        """cleanup_ctx: mark imports the last run left unfinished, run the watcher; on
+        shutdown cancel it and any running import (its row stays 'running' until the next
+        start marks it)."""
+        await self.mark_interrupted()
         if self.watch_dirs:
             self.tasks.spawn(self.watch(), name="watch-dirs")
         yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tarfile
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -107,3 +108,58 @@ async def test_watch_directory_imports_a_stick_once_stable(
     assert len(await (await client.get("/api/bundles/imports")).json()) == 1  # imported once
     [entry] = await _imports_audited(client)
     assert entry["actor"] == "system:watch-dir" and entry["outcome"] == "success"
+
+
+async def test_finished_job_is_listed_after_a_restart(appliance: AppFactory,
+                                                     make_bundle: MakeBundle,
+                                                     data_dir: Path, tmp_path: Path) -> None:
+    first: Any = await appliance({"auth": {"required": False}})
+    tar = tmp_path / "b.tar"
+    _tar(make_bundle(), tar)
+    resp = await first.post("/api/bundles?filename=b.tar", data=tar.read_bytes())
+    job = await _wait(first, (await resp.json())["id"])
+    assert job["state"] == "success", job
+    await first.close()
+
+    second: Any = await appliance({"auth": {"required": False}})  # same data directory
+    [listed] = await (await second.get("/api/bundles/imports")).json()
+    assert listed["id"] == job["id"] and listed["state"] == "success"
+    assert listed["source"] == "upload:b.tar" and listed["origin"] == "upload"
+    assert listed["result"] == job["result"] and listed["percent"] == 100.0
+    assert listed["bytes_done"] == listed["bytes_total"] == job["bytes_total"] > 0
+    assert listed["started_at"] == job["started_at"]
+    assert listed["finished_at"] == job["finished_at"]
+    assert await (await second.get(f"/api/bundles/imports/{job['id']}")).json() == listed
+
+
+async def test_job_stopped_by_a_shutdown_shows_as_interrupted(
+        appliance: AppFactory, make_bundle: MakeBundle, tmp_path: Path, monkeypatch: Any
+) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def stuck_import(*args: Any, **kwargs: Any) -> Any:
+        started.set()
+        release.wait(30)
+        raise RuntimeError("released after the server stopped")
+
+    monkeypatch.setattr("appliance.bundle.jobs.import_bundle", stuck_import)
+    first: Any = await appliance({"auth": {"required": False}})
+    tar = tmp_path / "b.tar"
+    _tar(make_bundle(), tar)
+    try:
+        resp = await first.post("/api/bundles", data=tar.read_bytes())
+        job_id = (await resp.json())["id"]
+        assert await asyncio.to_thread(started.wait, 10)
+        [running] = await (await first.get("/api/bundles/imports")).json()
+        assert running["id"] == job_id and running["state"] == "running"
+        await first.close()  # the server stops in the middle of the import
+    finally:
+        release.set()
+
+    second: Any = await appliance({"auth": {"required": False}})
+    [listed] = await (await second.get("/api/bundles/imports")).json()
+    assert listed["id"] == job_id and listed["state"] == "error", listed
+    assert listed["error"] == "interrupted by a restart; import it again (imports resume)"
+    assert listed["error_code"] == "interrupted" and listed["finished_at"] is not None
+    job = await (await second.get(f"/api/bundles/imports/{job_id}")).json()
+    assert job["state"] == "error" and job["error_code"] == "interrupted"
