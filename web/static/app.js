@@ -60,6 +60,25 @@
     return { ok: resp.ok, status: resp.status, data, error };
   };
 
+  // Server-sent events of a fetch() response, one {event, data} at a time (data: the event's
+  // data: lines joined by newlines). Used by the playground, the bundle import and progress.js.
+  FA.sse = async function* (resp) {
+    const reader = resp.body.getReader(), decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const lines = buffer.slice(0, cut).split("\n"); buffer = buffer.slice(cut + 2);
+        const event = (lines.find((l) => l.startsWith("event:")) || "event: message").slice(6).trim();
+        const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trim()).join("\n");
+        yield { event, data };
+      }
+    }
+  };
+
   // Reload the page's main content in place (htmx), keeping scroll position and focus sane.
   FA.refresh = function () {
     if (window.htmx) {

@@ -108,32 +108,22 @@
       FA.showApiError($("import-form"), { message: msg });
       return;
     }
-    const reader = resp.body.getReader(), decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const lines = buffer.slice(0, cut).split("\n"); buffer = buffer.slice(cut + 2);
-        const event = (lines.find((l) => l.startsWith("event:")) || "event: message").slice(6).trim();
-        const data = JSON.parse((lines.find((l) => l.startsWith("data:")) || "data: {}").slice(5));
-        if (event === "progress") {
-          p.pct = data.total ? (100 * data.done) / data.total : 0;
-          p.text = progressText(p.pct, data.done, data.total, data.rate, data.eta_s);
-        } else if (event === "done") {
-          p.pct = 100;
-          p.text = data.already_imported ? "Already imported: " + data.name + " " + data.version
-            : "Imported " + data.name + " " + data.version + ": " + (data.models.join(", ") || "no models") + (data.images.length ? ", images " + data.images.join(", ") : "");
-          FA.toast(p.text, "ok");
-          FA.refresh();
-        } else if (event === "failed") {
-          p.text = "Import failed: " + data.message;
-          FA.toast(p.text, "bad");
-        }
-        draw();
+    for await (const { event, data: raw } of FA.sse(resp)) {
+      const data = JSON.parse(raw || "{}");
+      if (event === "progress") {
+        p.pct = data.total ? (100 * data.done) / data.total : 0;
+        p.text = progressText(p.pct, data.done, data.total, data.rate, data.eta_s);
+      } else if (event === "done") {
+        p.pct = 100;
+        p.text = data.already_imported ? "Already imported: " + data.name + " " + data.version
+          : "Imported " + data.name + " " + data.version + ": " + (data.models.join(", ") || "no models") + (data.images.length ? ", images " + data.images.join(", ") : "");
+        FA.toast(p.text, "ok");
+        FA.refresh();
+      } else if (event === "failed") {
+        p.text = "Import failed: " + data.message;
+        FA.toast(p.text, "bad");
       }
+      draw();
     }
     p.busy = false;
     draw();

@@ -85,26 +85,16 @@
       try { resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/event-stream" } }); } catch (e) { continue; }
       if (resp.status === 401) { FA.toast("Your session has ended; sign in again.", "bad"); return last; }
       if (!resp.ok) { try { await resp.text(); } catch (e) { /* ignore */ } continue; }
-      const reader = resp.body.getReader(), decoder = new TextDecoder();
-      let buffer = "", ended = false;
+      let ended = false;
       try {
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += decoder.decode(value, { stream: true });
-          let cut;
-          while ((cut = buffer.indexOf("\n\n")) >= 0) {
-            const lines = buffer.slice(0, cut).split("\n"); buffer = buffer.slice(cut + 2);
-            const kind = (lines.find((l) => l.startsWith("event:")) || "event: message").slice(6).trim();
-            if (kind === "end") { ended = true; continue; }
-            const data = lines.filter((l) => l.startsWith("data:")).map((l) => l.slice(5)).join("\n");
-            let ev;
-            try { ev = JSON.parse(data); } catch (e) { continue; }
-            if (ev.seq && ev.seq <= seen) continue;
-            seen = ev.seq || seen + 1;
-            if (ev.status === "done") last = ev;
-            onEvent(ev);
-          }
+        for await (const { event, data } of FA.sse(resp)) {
+          if (event === "end") { ended = true; continue; }
+          let ev;
+          try { ev = JSON.parse(data); } catch (e) { continue; }
+          if (ev.seq && ev.seq <= seen) continue;
+          seen = ev.seq || seen + 1;
+          if (ev.status === "done") last = ev;
+          onEvent(ev);
         }
       } catch (e) { /* connection dropped: reconnect below */ }
       if (ended) return last;

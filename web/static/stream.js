@@ -15,34 +15,19 @@
       out.error = msg; out.total = performance.now() - started;
       return out;
     }
-    const reader = resp.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = "";
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") continue;
-          let chunk;
-          try { chunk = JSON.parse(data); } catch (e) { continue; }
-          if (chunk.error) { out.error = chunk.error.message || "stream error"; continue; }
-          if (chunk.usage) out.usage = chunk.usage;
-          const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
-          const text = delta && delta.content;
-          if (text) {
-            if (out.ttft === null) out.ttft = performance.now() - started;
-            out.tokens += 1;
-            out.text += text;
-            if (onDelta) onDelta(text);
-          }
-        }
+    for await (const { data } of FA.sse(resp)) {
+      if (!data || data === "[DONE]") continue;
+      let chunk;
+      try { chunk = JSON.parse(data); } catch (e) { continue; }
+      if (chunk.error) { out.error = chunk.error.message || "stream error"; continue; }
+      if (chunk.usage) out.usage = chunk.usage;
+      const delta = chunk.choices && chunk.choices[0] && chunk.choices[0].delta;
+      const text = delta && delta.content;
+      if (text) {
+        if (out.ttft === null) out.ttft = performance.now() - started;
+        out.tokens += 1;
+        out.text += text;
+        if (onDelta) onDelta(text);
       }
     }
     out.total = performance.now() - started;
